@@ -1,0 +1,1 @@
+"""Targets, cross-compilers and TVM sessions (local, loopback RPC, tracker, emulator)."""

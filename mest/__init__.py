@@ -1,0 +1,1 @@
+"""MEST: memory-economic sparse training (models, schemes, schedules, trainer, compile command)."""

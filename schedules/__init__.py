@@ -1,0 +1,1 @@
+"""Compact sparse formats, sparse TIR kernels, their tuner and tuning database."""
