@@ -1,0 +1,118 @@
+"""What every sparsity scheme shares: the unit-level top-k prune and the random grow.
+
+A scheme sees a conv weight as a grid of *units* (an element, a 4x1 block, a 3x3 kernel, a whole
+output filter) laid out as ``[rows, units_per_row]``. Pruning keeps the best-scored active units and
+growing re-opens random inactive ones; both work row by row so that a scheme can ask for the same
+count in every row (the pattern scheme's filter balance) or treat the whole layer as one row.
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+
+import torch
+
+from mest.errors import SchemeError
+
+
+def check_density(density: float) -> None:
+    """Raise :class:`SchemeError` unless ``0 < density <= 1`` (sparsity in ``[0, 1)``)."""
+    if not 0.0 < float(density) <= 1.0:
+        raise SchemeError(f"sparsity {1.0 - float(density):g} is outside [0, 1)")
+
+
+def keep_top_units(scores: torch.Tensor, active: torch.Tensor, keep_per_row: int) -> torch.Tensor:
+    """Keep the ``keep_per_row`` best-scored active units of each row.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        float ``[rows, units]``; larger is more important.
+    active : torch.Tensor
+        bool ``[rows, units]``: the units that may be kept.
+    keep_per_row : int
+        How many to keep in every row; rows with fewer active units keep all of them.
+
+    Returns
+    -------
+    torch.Tensor
+        bool ``[rows, units]``, a subset of ``active``. Ties break towards the lower index, so the
+        result does not depend on sort stability.
+    """
+    units = scores.shape[1]
+    keep_per_row = max(0, min(int(keep_per_row), units))
+    # Inactive units rank below every active one; ties go to the lower index (stable sort).
+    ranked = torch.where(active, scores.double(), torch.tensor(float("-inf"), dtype=torch.float64))
+    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :keep_per_row]
+    kept = torch.zeros_like(active)
+    kept.scatter_(1, order, True)
+    return kept & active
+
+
+def grow_random_units(active: torch.Tensor, total_per_row: int, generator: torch.Generator) -> torch.Tensor:
+    """Re-open random inactive units until every row has ``total_per_row`` active units.
+
+    Parameters
+    ----------
+    active : torch.Tensor
+        bool ``[rows, units]``.
+    total_per_row : int
+        Target count per row; rows already at or above it are left as they are.
+    generator : torch.Generator
+        Source of the random choice.
+
+    Returns
+    -------
+    torch.Tensor
+        bool ``[rows, units]``, a superset of ``active``.
+    """
+    units = active.shape[1]
+    total_per_row = max(0, min(int(total_per_row), units))
+    noise = torch.rand(active.shape, generator=generator, dtype=torch.float64)
+    # Active units first (score 2 > any noise), then inactive ones in random order.
+    ranked = torch.where(active, torch.tensor(2.0, dtype=torch.float64), noise)
+    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :total_per_row]
+    grown = torch.zeros_like(active)
+    grown.scatter_(1, order, True)
+    return grown | active
+
+
+def derived_generator(seed: int, epoch: int, name: str) -> torch.Generator:
+    """A generator seeded from ``(seed, epoch, layer name)``, so every run and worker agrees."""
+    key = f"{seed}:{epoch}:{name}".encode()
+    return torch.Generator().manual_seed(zlib.crc32(key) ^ (int(seed) << 32))
+
+
+class Scheme(ABC):
+    """A sparsity scheme: its unit, its prune-to-density and its grow-to-density.
+
+    ``prune`` keeps the best units of the current mask (by the aggregated importance score) until the
+    layer's density is ``density``; ``grow`` re-opens random empty units until it is ``density``.
+    Grown weights are left for the caller to zero (they are outside the old mask, so already zero).
+    """
+
+    name: str
+
+    @abstractmethod
+    def validate(self, weight_shape: torch.Size) -> None:
+        """Raise :class:`SchemeError` when the scheme cannot take a weight of this shape."""
+
+    @abstractmethod
+    def prune(self, score: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
+        """Return the mask keeping the most important units of ``mask`` at ``density``."""
+
+    @abstractmethod
+    def grow(self, mask: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+        """Return ``mask`` with random empty units re-opened up to ``density``."""
+
+    def check(self, weight_shape: torch.Size, density: float) -> None:
+        """Validate the shape and the density together."""
+        check_density(density)
+        self.validate(weight_shape)
+
+
+def require_conv_weight(name: str, weight_shape: torch.Size) -> None:
+    """Raise unless ``weight_shape`` is a 4-d conv weight ``[out, in, kh, kw]``."""
+    if len(weight_shape) != 4:
+        raise SchemeError(f"{name} sparsity needs a 4-d conv weight, got shape {tuple(weight_shape)}")

@@ -1,0 +1,215 @@
+"""The MEST training loop: sparse from the first step to the last, resumable bit for bit.
+
+Per run: build the model (reference init), prune it once to the profile's densities; then per epoch:
+remove the unforgettable examples at the removal epoch, mutate the sparse layers at a mutation epoch,
+train (forward, loss, backward, ``grad *= mask``, SGD step, ``weight *= mask``; forgetting statistics
+from the same forward pass), step the cosine LR, evaluate, write metrics and an atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mest.checkpoint import CHECKPOINT_NAME, Checkpoint, ModelSpec, save_checkpoint
+from mest.config import TrainConfig
+from mest.data import Dataset, load_dataset, test_batches, train_batches
+from mest.errors import CheckpointError, ConfigError
+from mest.forgetting import ForgettingStats, load_ranking, save_ranking, unforgettable
+from mest.io import atomic_write_text
+from mest.models import build_model
+from mest.sparsity import SparseState, default_profile, load_profile
+
+METRICS_NAME = "metrics.jsonl"
+RANKING_NAME = "forgetting_ranking.json"
+PLOT_NAME = "training.png"
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of an epoch's shuffle and augmentation, derived from ``(seed, epoch)``."""
+    return torch.Generator().manual_seed(zlib.crc32(f"data:{seed}:{epoch}".encode()))
+
+
+class Trainer:
+    """One MEST run in ``out_dir``: fresh from a config, or resumed from a checkpoint.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's configuration.
+    out_dir : Path
+        Where checkpoint, metrics, ranking and plot go.
+    dataset : Dataset, optional
+        Preloaded data (tests); loaded from the config otherwise.
+    progress : bool
+        Show a progress bar.
+    """
+
+    def __init__(self, config: TrainConfig, out_dir: Path, dataset: Dataset | None = None,
+                 progress: bool = True) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
+        self.spec = ModelSpec(config.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
+        self.schedule = config.mutation_schedule()
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, self.spec.num_classes, self.spec.in_channels)
+        profile = (load_profile(Path(config.profile), self.model) if config.profile
+                   else default_profile(self.model, config.sparsity))
+        self.sparse = SparseState.prune_init(self.model, profile, config.scheme)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+        self.forgetting = ForgettingStats.empty(len(self.data.train))
+        self.kept_examples = torch.arange(len(self.data.train))
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.ranking_in = (load_ranking(Path(config.ranking_in), len(self.data.train))
+                           if config.ranking_in else None)
+
+    @classmethod
+    def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True) -> "Trainer":
+        """A trainer in the state a checkpoint recorded, writing into the checkpoint's directory."""
+        trainer = cls(checkpoint.config, checkpoint.path.parent, dataset=dataset, progress=progress)
+        if trainer.spec != checkpoint.model_spec:
+            raise CheckpointError(f"checkpoint {checkpoint.path} was trained on other data ({checkpoint.model_spec})")
+        state = checkpoint.state
+        try:
+            trainer.model.load_state_dict(state["model"])
+            trainer.sparse = SparseState.from_state_dict(state["sparse"])
+            trainer.optimizer.load_state_dict(state["optimizer"])
+            trainer.scheduler.load_state_dict(state["scheduler"])
+            trainer.forgetting = ForgettingStats.from_state_dict(state["forgetting"])
+            trainer.kept_examples = state["kept_examples"].long()
+            trainer.history = list(state["history"])
+            torch.set_rng_state(state["rng"]["torch"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: {str(err).splitlines()[0]}") from None
+        trainer.epoch = checkpoint.epoch
+        return trainer
+
+    # -- one run ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train the remaining epochs; return the last epoch's metrics."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        while self.epoch < self.config.epochs:
+            self.run_epoch()
+        self.write_plot()
+        return self.history[-1]
+
+    def run_epoch(self) -> dict:
+        """Removal, mutation, one pass over the kept examples, evaluation, metrics, checkpoint."""
+        epoch, config = self.epoch, self.config
+        started = time.perf_counter()
+        if config.remove_epoch is not None and epoch == config.remove_epoch and config.remove_count:
+            self.remove_unforgettable()
+        mutation = None
+        if self.schedule.is_mutation_epoch(epoch):
+            t0 = time.perf_counter()
+            records = self.sparse.mutate(self.model, self.optimizer, self.schedule, epoch, config.seed,
+                                         config.grad_weight)
+            mutation = {"seconds": time.perf_counter() - t0,
+                        "pruned": sum(r.pruned for r in records.values()),
+                        "grown": sum(r.grown for r in records.values())}
+        train_loss, train_acc = self.train_one_epoch()
+        self.scheduler.step()
+        test_loss, test_acc = evaluate(self.model, self.data, config.batch_size)
+        metrics = {
+            "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+            "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
+            "examples": len(self.kept_examples), "density": self.sparse.overall_density(),
+            "layer_density": self.sparse.densities(), "mutation": mutation,
+            "seconds": time.perf_counter() - started,
+        }
+        self.history.append(metrics)
+        self.epoch += 1
+        self.write_metrics()
+        self.save()
+        if self.progress:
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f} train acc {train_acc:.3f} "
+                       f"test acc {test_acc:.3f} density {metrics['density']:.3f}")
+        return metrics
+
+    def train_one_epoch(self) -> tuple[float, float]:
+        """One pass over the kept examples; returns mean loss and accuracy."""
+        self.model.train()
+        generator = epoch_generator(self.config.seed, self.epoch)
+        batches = train_batches(self.data, self.kept_examples, self.config.batch_size, generator)
+        steps = -(-len(self.kept_examples) // self.config.batch_size)
+        bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+                   leave=False, disable=not self.progress)
+        loss_sum, correct_sum, seen = 0.0, 0, 0
+        for indices, images, labels in bar:
+            logits = self.model(images)
+            loss = F.cross_entropy(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.sparse.apply_to_grads(self.model)
+            self.optimizer.step()
+            self.sparse.apply_to_weights(self.model)
+            correct = logits.detach().argmax(dim=1) == labels
+            self.forgetting.update(indices, correct)
+            loss_sum += loss.item() * len(labels)
+            correct_sum += int(correct.sum())
+            seen += len(labels)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}",
+                            density=f"{self.sparse.overall_density():.3f}")
+        return loss_sum / seen, correct_sum / seen
+
+    def remove_unforgettable(self) -> None:
+        """Drop the ``remove_count`` least-forgotten examples (from the loaded ranking if given)."""
+        ranking = self.ranking_in if self.ranking_in is not None else self.forgetting.ranking()
+        save_ranking(self.out_dir / RANKING_NAME, ranking, self.forgetting.events)
+        removed = unforgettable(ranking, self.config.remove_count)
+        keep = torch.ones(len(self.data.train), dtype=torch.bool)
+        keep[removed] = False
+        self.kept_examples = self.kept_examples[keep[self.kept_examples]]
+
+    # -- outputs ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        """The checkpoint payload (plain types and tensors)."""
+        return {
+            "config": self.config.to_dict(), "model_spec": asdict(self.spec), "epoch": self.epoch,
+            "model": self.model.state_dict(), "sparse": self.sparse.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "forgetting": self.forgetting.state_dict(), "kept_examples": self.kept_examples,
+            "history": self.history, "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def save(self) -> None:
+        """Atomically write the checkpoint."""
+        save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.state())
+
+    def write_metrics(self) -> None:
+        """Rewrite the metrics JSONL from the history (atomic, so a resume never duplicates lines)."""
+        atomic_write_text(self.out_dir / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in self.history))
+
+    def write_plot(self) -> Path:
+        """PNG of accuracy and per-layer density over epochs."""
+        from mest.report import plot_history
+
+        return plot_history(self.history, self.out_dir / PLOT_NAME)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, batch_size: int) -> tuple[float, float]:
+    """Mean loss and accuracy on the test split, in eval mode."""
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for images, labels in test_batches(data.test, max(batch_size, 256)):
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        seen += len(labels)
+    if seen == 0:
+        raise ConfigError("the test split is empty")
+    return loss_sum / seen, correct / seen
