@@ -146,7 +146,7 @@ class SparseState:
         """
         params = dict(model.named_parameters())
         modules = dict(model.named_modules())
-        records = {}
+        records, survivors = {}, {}
         for fqn, scheme in self.schemes.items():
             weight, mask = params[fqn], self.masks[fqn]
             bounds = schedule.bounds(epoch, self.sparsity[fqn])
@@ -156,24 +156,25 @@ class SparseState:
             rule = get_scheme(scheme)
             pruned = rule.prune(score, mask, bounds.lower)
             grown = rule.grow(pruned, bounds.upper, derived_generator(seed, epoch, fqn))
-            survived = mask & grown
             records[fqn] = MutationRecord(
                 pruned=int((mask & ~pruned).sum()), grown=int((grown & ~pruned).sum()),
                 density=grown.float().mean().item(),
             )
+            # Growth may re-open a just-pruned position: it restarts at zero like any grown weight.
+            weight.mul_(pruned)
+            _reset_momentum(optimizer, weight, pruned)
             mask.copy_(grown)
-            weight.mul_(mask)
-            _reset_momentum(optimizer, weight, survived)
+            survivors[fqn] = pruned
         for bn_fqn, conv_fqn in self.coupled.items():
-            old = self.masks[bn_fqn].clone()
+            surviving = _channel_mask(survivors[conv_fqn])
             self.masks[bn_fqn].copy_(_channel_mask(self.masks[conv_fqn]))
-            new_channels = self.masks[bn_fqn] & ~old
+            new_channels = self.masks[bn_fqn] & ~surviving
             param = params[bn_fqn]
             # A regrown channel restarts as a fresh BN channel: gamma 1 (else its conv gets no
             # gradient and the channel stays dead), beta 0, and fresh running statistics.
             param[new_channels] = 1.0 if bn_fqn.endswith(".weight") else 0.0
             param.mul_(self.masks[bn_fqn])
-            _reset_momentum(optimizer, param, old & self.masks[bn_fqn])
+            _reset_momentum(optimizer, param, surviving)
             if bn_fqn.endswith(".weight"):
                 bn = modules[bn_fqn.rsplit(".", 1)[0]]
                 bn.running_mean[new_channels] = 0.0
