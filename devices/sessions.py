@@ -1,0 +1,385 @@
+"""One place that opens sessions: a TVM device plus a way to load a built module and time it.
+
+``open_session(kind, target)`` with kind
+
+- ``"local"``: this process, the host target.
+- ``"rpc"``: a TVM RPC server; by default one started for the session on 127.0.0.1 (own process
+  group, free port, stopped on close); ``address=(host, port)`` connects to a running one.
+- ``"tracker:HOST:PORT:KEY"``: a device registered with a user's tracker under KEY (a fleet of
+  phones or boards); ``target`` says what it is (e.g. ``"arm64"``).
+- ``"emulator"``: ``arm64`` runs our RPC server under qemu-aarch64 (a pipe session);
+  ``armv7`` runs kernels one call at a time with our kernel runner under qemu-arm.
+
+Every remote call goes through :meth:`Session.guard`, which has a timeout: when it expires the
+connection is cut (the qemu process killed, the socket shut down), the call raises
+:class:`~devices.errors.RemoteTimeoutError` and the session is closed. A server that dies during
+a call gives :class:`~devices.errors.SessionClosedError`, never a hang.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+
+from .errors import DeviceError, RemoteTimeoutError, SessionClosedError
+from .targets import TargetSpec, export_library, get_target
+from .timing import Timing
+
+DEFAULT_CALL_TIMEOUT_S = 120.0
+SESSION_KINDS = ("local", "rpc", "tracker:HOST:PORT:KEY", "emulator")
+#: Words in TVM's errors that mean the other end of the connection is gone.
+_CONNECTION_LOST_MARKERS = (
+    "kShutdown", "SockChannel", "Broken pipe", "Connection reset", "Pipe read error",
+    "Pipe write error", "RPCSessionTimeoutError", "connection closed",
+)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # TVM errors put the message last, after a traceback of the remote side.
+    return (lines[-1] if lines else type(err).__name__)[:300]
+
+
+class Session(abc.ABC):
+    """A device to run built modules on; use as a context manager or call :meth:`close`.
+
+    Attributes
+    ----------
+    kind : str
+        ``"local"``, ``"rpc"``, ``"tracker"`` or ``"emulator"``.
+    target : TargetSpec
+        What the device is (what to compile for).
+    emulated : bool
+        True when timings are correctness runs only (qemu).
+    call_timeout_s : float
+        Default timeout of each remote call.
+    """
+
+    kind: str = "session"
+    #: Whether calls leave this process (and so need a watchdog).
+    remote: bool = True
+
+    def __init__(self, target: TargetSpec, emulated: bool, call_timeout_s: float) -> None:
+        self.target = target
+        self.emulated = emulated
+        self.call_timeout_s = call_timeout_s
+        self._closed_reason: str | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix=f"mest-{self.kind}-"))
+
+    # -- what subclasses provide -------------------------------------------------------------
+    @property
+    def device(self) -> tvm.runtime.Device:
+        """The ``tvm.runtime.Device`` of this session."""
+        raise DeviceError(f"a {self.kind} session of target {self.target.name} has no TVM device")
+
+    def describe(self) -> str:
+        """One line naming the session, for messages."""
+        return f"{self.kind} session ({self.target.name})"
+
+    @abc.abstractmethod
+    def _load_runtime_module(self, lib: Any, name: str) -> Any:
+        """Return the runtime module of ``lib`` on this session's device (guarded by callers)."""
+
+    def _abort(self) -> None:
+        """Cut the connection so that a blocked call returns (called from the watchdog thread)."""
+
+    def _peer_gone(self, err: BaseException) -> bool:
+        return any(marker in str(err) for marker in _CONNECTION_LOST_MARKERS)
+
+    def _release(self) -> None:
+        """Free the connection and the processes of the session."""
+
+    # -- shared behaviour -------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether the session was closed (by :meth:`close` or after a lost connection)."""
+        return self._closed_reason is not None
+
+    @contextlib.contextmanager
+    def guard(self, what: str, timeout_s: float | None = None) -> Iterator[None]:
+        """Run remote calls with a timeout and turn their failures into one-line DeviceErrors.
+
+        Parameters
+        ----------
+        what : str
+            What is being done, for the message (e.g. ``"call of matmul"``).
+        timeout_s : float, optional
+            Seconds before the connection is cut (default :attr:`call_timeout_s`).
+
+        Raises
+        ------
+        SessionClosedError
+            The session was closed, or the server went away during the call.
+        RemoteTimeoutError
+            The call did not return in time; the session is closed.
+        DeviceError
+            Any other failure of the call (e.g. a kernel's shape check).
+        """
+        if self._closed_reason is not None:
+            raise SessionClosedError(f"{what}: {self.describe()} is closed ({self._closed_reason})")
+        timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            self._abort()
+
+        watchdog = threading.Timer(timeout_s, expire)
+        watchdog.daemon = True
+        if self.remote:
+            watchdog.start()
+        try:
+            yield
+        except (tvm.error.TVMError, RuntimeError, OSError, ValueError) as err:
+            if isinstance(err, DeviceError):
+                raise
+            raise self._translate(what, timeout_s, expired.is_set(), err) from err
+        finally:
+            watchdog.cancel()
+        if expired.is_set():
+            self._lost(f"{what} exceeded {timeout_s:g} s")
+            raise RemoteTimeoutError(
+                f"{what} on {self.describe()} did not answer within {timeout_s:g} s; session aborted"
+            )
+
+    def _translate(self, what: str, timeout_s: float, expired: bool,
+                   err: BaseException) -> DeviceError:
+        if expired:
+            self._lost(f"{what} exceeded {timeout_s:g} s")
+            return RemoteTimeoutError(
+                f"{what} on {self.describe()} did not answer within {timeout_s:g} s; session aborted"
+            )
+        if self._peer_gone(err):
+            self._lost(f"connection lost during {what}")
+            return SessionClosedError(
+                f"{what}: {self.describe()} lost its server (killed or crashed): {_first_line(err)}"
+            )
+        return DeviceError(f"{what} failed on {self.describe()}: {_first_line(err)}")
+
+    def _lost(self, reason: str) -> None:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+            self._release()
+
+    def load(self, lib: Any, name: str = "kernels") -> LoadedModule:
+        """Make a built module runnable on this session's device.
+
+        Parameters
+        ----------
+        lib : tvm.runtime.Executable or tvm.runtime.Module
+            The result of ``tvm.compile(mod, tvm_target(session.target))``; exported,
+            cross-linked and uploaded as the session needs.
+        name : str
+            Base name of the exported library file.
+
+        Returns
+        -------
+        LoadedModule
+            Whose functions are called with a timeout (``module["f"](a, b, c)``).
+        """
+        return LoadedModule(self, self._load_runtime_module(lib, name))
+
+    def _export(self, lib: Any, name: str) -> Path:
+        return export_library(lib, self._workdir / f"{name}.so", self.target)
+
+    def array(self, value: np.ndarray) -> Any:
+        """Copy a NumPy array to the session's device.
+
+        Parameters
+        ----------
+        value : numpy.ndarray
+
+        Returns
+        -------
+        tvm.runtime.Tensor
+            On :attr:`device` (a host-side holder for runner sessions).
+        """
+        with self.guard("copy to device"):
+            return tvm.runtime.tensor(np.ascontiguousarray(value), self.device)
+
+    def numpy(self, tensor: Any) -> np.ndarray:
+        """Copy a tensor of this session back into a NumPy array.
+
+        Parameters
+        ----------
+        tensor : tvm.runtime.Tensor
+            A tensor made by :meth:`array` (or written by a function of this session).
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        with self.guard("copy from device"):
+            return tensor.numpy()
+
+    def time(self, module: Any, func_name: str, args: list[Any], number: int = 10,
+             repeat: int = 5, timeout_s: float | None = None) -> Timing:
+        """Time a function with TVM's ``time_evaluator``: ``repeat`` runs of ``number`` calls.
+
+        Parameters
+        ----------
+        module : LoadedModule or tvm.runtime.Module
+            A module loaded by this session.
+        func_name : str
+            The function to time.
+        args : list
+            Its arguments (tensors of this session).
+        number : int
+            Calls per run (their mean is one sample).
+        repeat : int
+            Runs (samples).
+        timeout_s : float, optional
+            Timeout of the whole measurement (default :attr:`call_timeout_s`).
+
+        Returns
+        -------
+        Timing
+            ``emulated`` is True under qemu: a correctness run, not a speed.
+        """
+        runtime_module = module.module if isinstance(module, LoadedModule) else module
+        with self.guard(f"timing of {func_name}", timeout_s):
+            evaluator = runtime_module.time_evaluator(
+                func_name, self.device, number=number, repeat=repeat
+            )
+            result = evaluator(*args)
+        return Timing.from_runs(result.results, self.emulated)
+
+    def close(self) -> None:
+        """Close the connection, stop what the session started, delete its files; idempotent."""
+        if self._closed_reason is None:
+            self._closed_reason = "closed"
+            self._release()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class LoadedModule:
+    """A module loaded by a session; ``module["name"]`` returns a function called with a timeout.
+
+    Attributes
+    ----------
+    session : Session
+        The session it lives in.
+    module : tvm.runtime.Module
+        The underlying runtime module (for e.g. ``relax.VirtualMachine``; calls made on it
+        directly are only protected inside ``session.guard(...)``).
+    """
+
+    def __init__(self, session: Session, module: Any) -> None:
+        self.session = session
+        self.module = module
+
+    def __getitem__(self, name: str) -> GuardedFunction:
+        with self.session.guard(f"lookup of {name}"):
+            function = self.module[name]
+        return GuardedFunction(self.session, name, function)
+
+    get_function = __getitem__
+
+
+class GuardedFunction:
+    """A function of a loaded module whose calls go through :meth:`Session.guard`."""
+
+    def __init__(self, session: Session, name: str, function: Any) -> None:
+        self.session = session
+        self.name = name
+        self.function = function
+
+    def __call__(self, *args: Any, timeout_s: float | None = None) -> Any:
+        """Call the function with ``args``; see :meth:`Session.guard` for errors."""
+        with self.session.guard(f"call of {self.name}", timeout_s):
+            return self.function(*args)
+
+
+class LocalSession(Session):
+    """This process on the host target (no timeouts needed: nothing is remote)."""
+
+    kind = "local"
+    remote = False
+
+    def __init__(self, target: TargetSpec, call_timeout_s: float) -> None:
+        if not target.is_host:
+            raise DeviceError(
+                f"target {target.name!r} cannot run in this process; use "
+                f"open_session('emulator', {target.name!r}) or a tracker"
+            )
+        super().__init__(target, emulated=False, call_timeout_s=call_timeout_s)
+
+    @property
+    def device(self) -> tvm.runtime.Device:
+        return tvm.cpu(0)
+
+    def _load_runtime_module(self, lib: Any, name: str) -> Any:
+        return lib.jit() if isinstance(lib, tvm.runtime.Executable) else lib
+
+
+def _parse_tracker_kind(kind: str) -> tuple[str, int, str]:
+    parts = kind.split(":")
+    if len(parts) != 4 or not parts[2].isdigit() or not parts[1] or not parts[3]:
+        raise DeviceError(f"session kind {kind!r} must be tracker:HOST:PORT:KEY")
+    return parts[1], int(parts[2]), parts[3]
+
+
+def open_session(kind: str, target: str | TargetSpec = "x86", **options: Any) -> Session:
+    """Open a session of a kind on a target.
+
+    Parameters
+    ----------
+    kind : str
+        ``"local"``, ``"rpc"``, ``"tracker:HOST:PORT:KEY"`` or ``"emulator"``.
+    target : str or TargetSpec
+        Name from the target table (``"x86"``, ``"arm64"``/``"arm"``, ``"armv7"``).
+    **options
+        ``call_timeout_s`` (all kinds, default 120); for ``rpc``: ``address=(host, port)`` of
+        a running server, else one is started on 127.0.0.1; ``session_timeout_s`` (rpc,
+        tracker: the server ends the session after that long, default 0 = never); for
+        ``tracker``: ``request_timeout_s`` to wait for a free device (default 60).
+
+    Returns
+    -------
+    Session
+
+    Raises
+    ------
+    DeviceError
+        Unknown kind, a target the kind cannot run, a server that cannot be reached.
+    UnknownTargetError
+        Unknown target name.
+    ToolchainMissingError
+        qemu or a cross-compiler is missing (names the Debian packages).
+    """
+    from . import kernel_runner, remote  # they build on this module
+
+    spec = get_target(target)
+    call_timeout_s = float(options.pop("call_timeout_s", DEFAULT_CALL_TIMEOUT_S))
+    if kind == "local":
+        if options:
+            raise DeviceError(f"a local session takes no options, got {', '.join(options)}")
+        session: Session = LocalSession(spec, call_timeout_s)
+    elif kind == "rpc":
+        session = remote.open_rpc_session(spec, call_timeout_s, **options)
+    elif kind.startswith("tracker:"):
+        host, port, key = _parse_tracker_kind(kind)
+        session = remote.open_tracker_session(spec, call_timeout_s, host, port, key, **options)
+    elif kind == "emulator" and spec.emulation == "runner":
+        session = kernel_runner.RunnerSession(spec, call_timeout_s, **options)
+    elif kind == "emulator":
+        session = remote.open_emulator_session(spec, call_timeout_s, **options)
+    else:
+        raise DeviceError(f"unknown session kind {kind!r}; known kinds: {', '.join(SESSION_KINDS)}")
+    return session
