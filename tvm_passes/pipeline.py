@@ -1,0 +1,219 @@
+"""The compile pipeline: a trained, masked PyTorch model becomes a built TVM module for a target.
+
+Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
+
+1. **import**: ``torch.export`` + ``from_exported_program``, parameters kept as inputs
+   (:mod:`tvm_passes.importer`);
+2. **annotate**: masked convs marked by FQN (:class:`~tvm_passes.annotate.AnnotateSparsity`), then the
+   parameters are bound as constants (masks of other parameters, e.g. channel-coupled BN, applied);
+3. **fold**: inference batch norms folded into the convs (:class:`~tvm_passes.fold_batch_norm.FoldBatchNorm`);
+4. **lower**: :class:`~tvm_passes.keep_dense.KeepDense` (per-target crossover table),
+   :class:`~tvm_passes.channel_compaction.ChannelCompaction`, then
+   :class:`~tvm_passes.lower_sparse_conv.LowerSparseConv` (scheme kernels of ``schedules``);
+5. **legalize + fuse** the remaining Relax operators (``LegalizeOps``, ``FoldConstant``, ``FuseOps``,
+   ``FuseTIR``);
+6. **tuning database**: tune the dense operators missing from it if trials are asked for, then apply it
+   (:mod:`tvm_passes.tuning`);
+7. **build** for the target of the ``devices`` table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+
+from devices.targets import get_target, tvm_target
+
+from .annotate import AnnotateSparsity, LayerMask
+from .channel_compaction import ChannelCompaction
+from .config import CompileConfig
+from .errors import MaskError
+from .fold_batch_norm import FoldBatchNorm
+from .importer import import_model
+from .keep_dense import KeepDense
+from .lower_sparse_conv import KernelSource, LowerSparseConv
+from .report import LayerReport, layer_reports
+from .sparse_conv import annotated_layers
+from .tuning import TuningDatabase
+
+
+@dataclass
+class CompiledModel:
+    """The result of :func:`compile_model`.
+
+    Attributes
+    ----------
+    executable : tvm.runtime.Executable
+        The built Relax VM executable (``main(x) -> logits``), weights embedded as constants.
+    mod : tvm.IRModule
+        The module that was built (after phase 6).
+    layers : list[LayerReport]
+        One entry per masked layer (timings filled in by :func:`tvm_passes.report.time_layers`).
+    config : CompileConfig
+        The config after :meth:`CompileConfig.update`.
+    input_shape : tuple[int, ...]
+        Shape of ``x``.
+    phase_seconds : dict[str, float]
+        Wall time of each phase.
+    stored_arrays : dict[str, numpy.ndarray]
+        The sparse layers' format buffers by ``<fqn>/<buffer>``, as embedded in the library.
+    """
+
+    executable: tvm.runtime.Executable
+    mod: tvm.IRModule
+    layers: list[LayerReport]
+    config: CompileConfig
+    input_shape: tuple[int, ...]
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    stored_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class _Phases:
+    """Runs numbered phases, timing them and dumping the IR after each."""
+
+    def __init__(self, dump_dir: Path | None, progress: Callable[[str], None] | None):
+        self.dump_dir = dump_dir
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self.count = 0
+        if dump_dir is not None:
+            dump_dir.mkdir(parents=True, exist_ok=True)
+
+    def run(self, name: str, step: Callable[[], tvm.IRModule]) -> tvm.IRModule:
+        self.count += 1
+        if self.progress:
+            self.progress(f"phase {self.count}: {name}")
+        start = time.perf_counter()
+        mod = step()
+        self.seconds[name] = time.perf_counter() - start
+        if self.dump_dir is not None and isinstance(mod, tvm.IRModule):
+            (self.dump_dir / f"{self.count:02d}_{name.replace(' ', '_')}.py").write_text(mod.script(show_meta=False))
+        return mod
+
+
+def _layer_masks(masks: Mapping[str, torch.Tensor], schemes: Mapping[str, str]) -> dict[str, LayerMask]:
+    missing = sorted(set(schemes) - set(masks))
+    if missing:
+        raise MaskError(f"scheme given without a mask for {missing[0]}")
+    return {fqn: LayerMask(scheme, masks[fqn].detach().cpu().numpy().astype(bool)) for fqn, scheme in schemes.items()}
+
+
+def _bound_params(imported, masks: Mapping[str, torch.Tensor], schemes: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Parameter values with the masks of non-conv parameters (e.g. channel-coupled BN) applied."""
+    values = dict(imported.params)
+    for name, fqn in imported.param_fqns.items():
+        if fqn in masks and fqn not in schemes:
+            mask = masks[fqn].detach().cpu().numpy()
+            if mask.shape != values[name].shape:
+                raise MaskError(f"mask for {fqn} has shape {list(mask.shape)}, parameter has {list(values[name].shape)}")
+            values[name] = (values[name] * mask).astype(values[name].dtype)
+    return values
+
+
+def compile_model(
+    model: torch.nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    schemes: Mapping[str, str],
+    input_shape: tuple[int, ...],
+    config: CompileConfig,
+    kernels: KernelSource,
+    database: TuningDatabase | None = None,
+    dump_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CompiledModel:
+    """Compile a masked model for ``config.target``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model (weights already masked by the trainer).
+    masks : Mapping[str, torch.Tensor]
+        Bool mask per parameter FQN.
+    schemes : Mapping[str, str]
+        Scheme per sparse conv weight FQN.
+    input_shape : tuple[int, ...]
+        Static NCHW input shape (batch included).
+    config : CompileConfig
+        Options; adjusted to the target with :meth:`CompileConfig.update`.
+    kernels : KernelSource
+        Source of the sparse kernels (:class:`tvm_passes.kernels.SchedulesKernels`).
+    database : TuningDatabase, optional
+        Tuning database of the dense operators (none: untuned dense operators).
+    dump_dir : str or Path, optional
+        Directory receiving the IR after each phase.
+    progress : callable, optional
+        Called with a one-line message at the start of each phase.
+
+    Returns
+    -------
+    CompiledModel
+    """
+    spec = get_target(config.target)
+    config = config.update(spec)
+    target = tvm_target(spec)
+    phases = _Phases(Path(dump_dir) if dump_dir is not None else None, progress)
+    layers = _layer_masks(masks, schemes)
+
+    # Phase 1: import, parameters as inputs so that their names still lead to FQNs.
+    imports = []
+    mod = phases.run("import", lambda: imports.append(import_model(model, input_shape)) or imports[0].mod)
+    imported = imports[0]
+
+    # Phase 2: annotate masked convs by FQN, then bind the (masked) parameters as constants.
+    def annotate():
+        annotated = AnnotateSparsity(layers, imported.param_fqns)(mod)
+        return relax.transform.BindParams("main", _bound_params(imported, masks, schemes))(annotated)
+
+    mod = phases.run("annotate", annotate)
+
+    # Phase 3: fold inference batch norms into the (plain or annotated) convs.
+    mod = phases.run("fold", lambda: FoldBatchNorm()(mod))
+
+    # Phase 4: keep dense what sparse would not speed up, compact channel layers, lower the rest.
+    decided = {}
+
+    def lower():
+        kept = KeepDense(config.crossover)(mod)
+        decided.update(annotated_layers(kept))
+        compacted = ChannelCompaction()(kept)
+        return LowerSparseConv(kernels)(compacted)
+
+    mod = phases.run("lower", lower)
+    reports, stored = layer_reports(mod, decided, layers)
+
+    # Phase 5: legalize and fuse the remaining operators (sparse kernels are opaque and stay alone).
+    mod = phases.run(
+        "legalize and fuse",
+        lambda: tvm.transform.Sequential(
+            [
+                relax.transform.LegalizeOps(),
+                relax.transform.AnnotateTIROpPattern(),
+                relax.transform.FoldConstant(),
+                relax.transform.FuseOps(),
+                relax.transform.FuseTIR(),
+            ]
+        )(mod),
+    )
+
+    # Phase 6: tuning database for the dense operators (tune what it lacks if asked, then apply).
+    if database is not None:
+        mod = phases.run("tuning database", lambda: database.tune_and_apply(mod, target, config.tune_trials, progress))
+
+    # Phase 7: build for the target.
+    executable = phases.run("build", lambda: tvm.compile(mod, target))
+    return CompiledModel(
+        executable=executable,
+        mod=mod,
+        layers=reports,
+        config=config,
+        input_shape=tuple(input_shape),
+        phase_seconds=phases.seconds,
+        stored_arrays=stored,
+    )

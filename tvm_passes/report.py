@@ -1,0 +1,128 @@
+"""Per-layer report of a compilation: scheme, density, kernel, bytes dense vs stored, time.
+
+Built from the IR itself: the annotations after ``KeepDense`` say what each layer became, the sparse
+kernels added by ``LowerSparseConv`` carry their bytes and knobs as attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from .annotate import LayerMask
+from .sparse_conv import SparseConvInfo, const_value
+
+_FLOAT_BYTES = 4
+
+
+@dataclass
+class LayerReport:
+    """What became of one masked parameter.
+
+    Attributes
+    ----------
+    fqn : str
+        Parameter FQN.
+    scheme : str
+        Scheme the trainer used.
+    density : float
+        Kept fraction of its mask.
+    kernel : str
+        ``irregular`` / ``block`` / ``pattern`` (sparse kernel), ``channel`` (smaller dense conv),
+        or ``dense``.
+    reason : str
+        Why the layer is dense, or what the kernel does.
+    shape : list[int]
+        Dense weight shape.
+    bytes_dense : int
+        float32 bytes of the dense weight.
+    bytes_stored : int
+        Bytes the compiled module stores for it (format values + indices, compact weight, or dense).
+    time_ms : float or None
+        Median time of the layer's kernel on the target (None where it cannot be timed alone or the
+        target cannot be timed from here).
+    """
+
+    fqn: str
+    scheme: str
+    density: float
+    kernel: str
+    reason: str
+    shape: list[int]
+    bytes_dense: int
+    bytes_stored: int
+    time_ms: float | None = None
+
+    def to_json(self) -> dict:
+        """Plain dict for the JSON report."""
+        return asdict(self)
+
+
+def sparse_kernels(mod: tvm.IRModule) -> dict[str, tuple[tvm.ir.GlobalVar, tirx.PrimFunc]]:
+    """The PrimFuncs added by ``LowerSparseConv``, keyed by the FQN of their layer."""
+    found = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and "mest.fqn" in func.attrs:
+            found[str(func.attrs["mest.fqn"])] = (gvar, func)
+    return found
+
+
+def kernel_arguments(mod: tvm.IRModule, gvar: tvm.ir.GlobalVar) -> list[np.ndarray]:
+    """Constant arguments (the format buffers) of the ``call_tir`` of ``gvar`` in ``main``."""
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and len(value.args) == 2 and value.args[0].same_as(gvar):
+                return [const_value(arg) for arg in value.args[1].fields[1:]]
+    return []
+
+
+def layer_reports(
+    mod: tvm.IRModule, decided: Mapping[str, SparseConvInfo], layers: Mapping[str, LayerMask]
+) -> tuple[list[LayerReport], dict[str, np.ndarray]]:
+    """Report of every masked layer after the lowering phase.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The module after ``LowerSparseConv``.
+    decided : Mapping[str, SparseConvInfo]
+        Annotations after ``KeepDense``, by FQN.
+    layers : Mapping[str, LayerMask]
+        Masks and schemes given to the compiler, by FQN.
+
+    Returns
+    -------
+    tuple[list[LayerReport], dict[str, numpy.ndarray]]
+        The reports, and the sparse layers' stored buffers by ``<fqn>/<buffer name>``.
+    """
+    kernels = sparse_kernels(mod)
+    reports, stored = [], {}
+    for fqn, layer in layers.items():
+        shape = [int(d) for d in layer.mask.shape]
+        dense = int(np.prod(shape)) * _FLOAT_BYTES
+        info = decided.get(fqn)
+        report = LayerReport(fqn, layer.scheme, round(layer.density, 4), "dense", "", shape, dense, dense)
+        if info is None:
+            report.reason = "not a conv2d weight: no sparse kernel, runs dense"
+        elif info.kernel == "dense":
+            report.reason = info.reason
+        elif info.kernel == "channel":
+            kept = int(layer.mask.reshape(shape[0], -1).any(axis=1).sum())
+            report.kernel = "channel"
+            report.reason = f"dense conv on {kept} of {shape[0]} filters"
+            report.bytes_stored = kept * int(np.prod(shape[1:])) * _FLOAT_BYTES
+        elif fqn in kernels:
+            gvar, prim = kernels[fqn]
+            report.kernel = info.kernel
+            report.reason = f"{gvar.name_hint} ({prim.attrs['mest.knobs']})"
+            report.bytes_stored = int(prim.attrs["mest.bytes_stored"])
+            names = [str(p.name) for p in prim.params[1:-1]]
+            for name, value in zip(names, kernel_arguments(mod, gvar)):
+                stored[f"{fqn}/{name}"] = value
+        reports.append(report)
+    return reports, stored

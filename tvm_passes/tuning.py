@@ -1,0 +1,177 @@
+"""The tuning database of a compilation: a directory a user keeps, reuses and ships.
+
+Layout of ``DIR``:
+
+- ``meta.json``: ``{"format": "mest-tune-db", "version": 1, "tvm": <TVM version>}``;
+- ``database_workload.json`` + ``database_tuning_record.json``: MetaSchedule's JSON database of the
+  dense operators (legalized and fused PrimFuncs: first conv, shortcuts, classifier, kept-dense and
+  channel-compacted convs, element-wise groups);
+- ``sparse/``: the records of the sparse kernels, owned by ``schedules`` (its tuner writes them, its
+  kernels read them).
+
+A corrupt database, or one from another TVM version, is not used: a warning is given, the old files
+are renamed aside (``<name>.set-aside-<time>``, contents untouched) and a fresh database starts.
+Tuning measures on this machine (MetaSchedule's local builder and runner) or, for another target, on a
+device of a tracker (``RPCRunner``); timing an emulated target would tune for qemu, so it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.s_tir import meta_schedule as ms
+
+from .errors import CompileError
+
+FORMAT = "mest-tune-db"
+VERSION = 1
+_MS_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+def default_database_dir() -> Path:
+    """``$XDG_CACHE_HOME/mest-tvm/tune-db`` (``~/.cache/mest-tvm/tune-db`` by default)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "mest-tvm" / "tune-db"
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+class TuningDatabase:
+    """Open (or create) the tuning database in ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The database directory (created if missing).
+    warn : callable, optional
+        Receives a one-line warning when a corrupt or foreign database is set aside.
+    """
+
+    def __init__(self, path: str | Path, warn: Callable[[str], None] | None = None):
+        self.path = Path(path)
+        self.warn = warn or (lambda message: None)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CompileError(f"cannot create the tuning database {self.path}: {exc.strerror}") from exc
+        problem = self._problem()
+        if problem:
+            self._set_aside(problem)
+        _write_json_atomic(self.path / "meta.json", {"format": FORMAT, "version": VERSION, "tvm": tvm.__version__})
+        try:
+            self.ms_database = ms.database.JSONDatabase(*(str(self.path / name) for name in _MS_FILES), allow_missing=True)
+        except Exception as exc:  # MetaSchedule raises TVMError/ValueError on a record it cannot parse
+            self._set_aside(f"MetaSchedule cannot read it ({str(exc).splitlines()[0][:100]})")
+            self.ms_database = ms.database.JSONDatabase(*(str(self.path / name) for name in _MS_FILES), allow_missing=True)
+
+    @property
+    def sparse_dir(self) -> Path:
+        """Directory of the sparse kernels' records (owned by ``schedules``)."""
+        return self.path / "sparse"
+
+    def _problem(self) -> str:
+        meta = self.path / "meta.json"
+        existing = [name for name in ("meta.json", *_MS_FILES) if (self.path / name).exists()]
+        if not existing:
+            return ""
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return "its meta.json is missing or corrupt"
+        if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("version") != VERSION:
+            return "it is not a mest-tvm tuning database"
+        if info.get("tvm") != tvm.__version__:
+            return f"it was written by TVM {info.get('tvm')}, this is TVM {tvm.__version__}"
+        for name in _MS_FILES:
+            path = self.path / name
+            if path.exists():
+                try:
+                    for line in path.read_text().splitlines():
+                        if line.strip():
+                            json.loads(line)
+                except (OSError, ValueError):
+                    return f"{name} is corrupt"
+        return ""
+
+    def _set_aside(self, problem: str) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = []
+        for name in ("meta.json", *_MS_FILES):
+            path = self.path / name
+            if path.exists():
+                path.rename(path.with_name(f"{name}.set-aside-{stamp}"))
+                moved.append(name)
+        self.warn(
+            f"tuning database {self.path} not used: {problem}; its files were kept as *.set-aside-{stamp}, "
+            "a fresh database starts"
+        )
+
+    def _untuned_tasks(self, mod: tvm.IRModule, target: tvm.target.Target) -> list:
+        tasks = []
+        for task in ms.relax_integration.extract_tasks(mod, target):
+            prim = task.mod["main"]
+            if prim.attrs is not None and ("mest.fqn" in prim.attrs or "tir.is_scheduled" in prim.attrs):
+                continue  # a sparse kernel: scheduled by schedules, tuned by its tuner
+            if not self.ms_database.has_workload(task.mod):
+                tasks.append(task)
+        return tasks
+
+    def tune_and_apply(
+        self,
+        mod: tvm.IRModule,
+        target: tvm.target.Target,
+        trials: int,
+        progress: Callable[[str], None] | None = None,
+        runner: ms.runner.Runner | str = "local",
+    ) -> tvm.IRModule:
+        """Tune the dense operators the database lacks (if ``trials``), then apply the database.
+
+        Parameters
+        ----------
+        mod : tvm.IRModule
+            The legalized and fused module.
+        target : tvm.target.Target
+            Target of the build.
+        trials : int
+            MetaSchedule trials over all new tasks; 0 applies the database only.
+        progress : callable, optional
+            Receives one line per tuning step.
+        runner : meta_schedule Runner or "local"
+            Where candidates are measured (an ``RPCRunner`` for a tracker's device).
+
+        Returns
+        -------
+        tvm.IRModule
+            The module with the database's schedules applied where it has them.
+        """
+        if trials > 0:
+            tasks = self._untuned_tasks(mod, target)
+            if tasks:
+                if progress:
+                    progress(f"tuning {len(tasks)} dense operators, {trials} trials (MetaSchedule, XGBoost)")
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    tasks, work_dir=str(self.path / "logs"), space="post-order-apply"
+                )
+                ms.tune.tune_tasks(
+                    tasks=contexts,
+                    task_weights=weights,
+                    work_dir=str(self.path / "logs"),
+                    max_trials_global=trials,
+                    num_trials_per_iter=min(64, trials),
+                    builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300.0),
+                    runner=runner,
+                    database=self.ms_database,
+                    cost_model="xgb",
+                )
+        with target, self.ms_database, tvm.transform.PassContext(opt_level=3):
+            return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
