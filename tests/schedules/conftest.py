@@ -12,9 +12,12 @@ def random_mask(scheme: str, shape: tuple[int, int, int, int], density: float, g
     """A mask of ``scheme`` with about ``density`` kept weights (at least one unit kept)."""
     out_channels, in_channels = shape[:2]
     if scheme == "irregular":
-        return torch.rand(shape, generator=generator) < density
+        mask = torch.rand(shape, generator=generator) < density
+        mask[0, 0, 1, 1] = True
+        return mask
     if scheme == "block":
         units = torch.rand(out_channels // 4, 1, in_channels, 3, 3, generator=generator) < density
+        units[0, 0, 0, 1, 1] = True
         return units.expand(-1, 4, -1, -1, -1).reshape(shape).clone()
     if scheme == "pattern":
         kernels = max(1, round(density * 9 / 4 * in_channels))
@@ -36,3 +39,12 @@ def random_mask(scheme: str, shape: tuple[int, int, int, int], density: float, g
 def make_mask():
     """The :func:`random_mask` helper, as a fixture."""
     return random_mask
+
+
+@pytest.fixture(scope="session")
+def kernel_cache(tmp_path_factory):
+    """One kernel cache for the whole test session, with an empty tuning database of its own."""
+    from schedules.cache import KernelCache
+    from schedules.database import TuningDatabase
+
+    return KernelCache(TuningDatabase(tmp_path_factory.mktemp("db") / "tuning.json"))

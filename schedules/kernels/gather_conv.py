@@ -1,0 +1,102 @@
+"""Gather convolution: the forward and grad-input kernels of the irregular, block and pattern schemes.
+
+Each output row (filter, 4-filter group, or input channel for grad-input) is a sum over its entries of
+value x shifted source plane. The schedule follows what measured fast on this machine
+(``shared/notes/tvm.md``): parallel over the batch; each image is first copied, vectorised, into a
+per-thread padded scratch (:mod:`schedules.kernels.scratch`); the row-tile loop sits outside the
+output-channel loop (knob ``tile_outer``); a ``group x rows x width`` accumulator lives in a small
+stack buffer that LLVM keeps in registers, updated by broadcast-FMA over contiguous columns; indices
+and values are runtime buffers, so one build serves every mask of the same shapes and capacity.
+
+The grad-input kernel is the same template over the transposed, tap-flipped structure (for stride 2,
+over a zero-dilated copy of ``dy``), so no dense weight is ever formed.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import ir as T
+
+from schedules.kernels.entries import Entries
+from schedules.kernels.knobs import Knobs, resolve_gather
+from schedules.kernels.scratch import Scratch
+
+
+def _declare(name: str, shape: tuple[int, ...], dtype: str) -> tirx.Buffer:
+    return T.arg(name, T.buffer(shape, dtype, buffer_name=name))
+
+
+def gather_conv(
+    walk: Entries,
+    src_shape: tuple[int, int, int, int],
+    out_shape: tuple[int, int, int, int],
+    scratch: Scratch,
+    knobs: Knobs | None,
+    name: str,
+) -> tirx.PrimFunc:
+    """Scheduled PrimFunc ``name(src, *walk.params, out)``.
+
+    Parameters
+    ----------
+    walk : Entries
+        The format's walk for this direction.
+    src_shape, out_shape : tuple of int
+        NCHW shapes of the source (``x`` or ``dy``) and of the output (``y`` or ``dx``).
+    scratch : Scratch
+        Layout of the per-image padded copy of the source.
+    knobs : Knobs, optional
+        Schedule knobs; unset ones are chosen from the shape.
+    name : str
+        Global symbol of the function.
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        With ``tir.is_scheduled`` set.
+    """
+    batch = src_shape[0]
+    out_height, out_width = out_shape[2:]
+    group, taps = walk.group, walk.taps
+    k = resolve_gather(knobs or Knobs(), out_height, out_width, group)
+    rows, width = k.rows, k.width
+    with IRBuilder() as builder:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"global_symbol": name, "tir.noalias": True, "tir.is_scheduled": True})
+            src = _declare("src", src_shape, "float32")
+            buffers = {spec.name: _declare(spec.name, spec.shape, spec.dtype) for spec in walk.params}
+            out = _declare("out", out_shape, "float32")
+            values = buffers["values"]
+            with T.parallel(0, batch) as n:
+                pad = T.alloc_buffer((scratch.size,), "float32")
+                scratch.fill(src, n, pad, 0)
+                outer = (out_height // rows, walk.rows) if k.tile_outer else (walk.rows, out_height // rows)
+                with T.serial(0, outer[0]) as a:
+                    with T.serial(0, outer[1]) as b:
+                        tile, row = (a, b) if k.tile_outer else (b, a)
+                        with T.serial(0, out_width // width) as wt:
+                            acc = T.alloc_buffer((group * rows * width,), "float32")
+                            with T.unroll(0, group * rows) as gr:
+                                with T.vectorized(0, width) as w:
+                                    T.buffer_store(acc, tirx.const(0.0, "float32"), [gr * width + w])
+                            begin, end = walk.row_range(buffers, row)
+                            with T.serial(begin, end) as e:
+                                base = walk.channel(buffers, e) * scratch.plane + tile * rows * scratch.row_stride + wt * width
+                                for t in range(taps):
+                                    at = base + scratch.tap_offset(walk.tap(buffers, e, t))
+                                    for g in range(group):
+                                        value = values[walk.value_slot(buffers, e, t, g)]
+                                        with T.unroll(0, rows) as r:
+                                            with T.vectorized(0, width) as w:
+                                                slot = (g * rows + r) * width + w
+                                                T.buffer_store(acc, acc[slot] + value * pad[at + r * scratch.row_stride + w], [slot])
+                            with T.unroll(0, group) as g:
+                                with T.unroll(0, rows) as r:
+                                    with T.vectorized(0, width) as w:
+                                        T.buffer_store(
+                                            out,
+                                            acc[(g * rows + r) * width + w],
+                                            [n, row * group + g, tile * rows + r, wt * width + w],
+                                        )
+    return builder.get()

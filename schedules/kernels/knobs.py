@@ -1,0 +1,95 @@
+"""Schedule knobs of the sparse convolution templates, their defaults and their search space.
+
+The gather kernels (forward, grad-input) tile the output as ``rows`` output rows by ``width`` output
+columns per register accumulator (vectorised over the width), with the row-tile loop either outside
+(``tile_outer``) or inside the output-channel loop, parallel over the batch. The grad-weight kernel
+accumulates ``lanes``-wide vectors per sampled position and splits the batch into ``chunks`` parallel
+slices whose partial gradients are summed at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, replace
+
+#: Accumulator floats that fit in the 16 AVX2 registers with room for loads (12 of 16 registers).
+REGISTER_FLOATS = 96
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """One point of a template's schedule space (0 means "choose from the shape").
+
+    Attributes
+    ----------
+    rows : int
+        Output rows per accumulator tile (gather kernels).
+    width : int
+        Output columns per accumulator tile, vectorised (gather kernels).
+    tile_outer : bool
+        Row-tile loop outside the output-channel loop (gather kernels).
+    lanes : int
+        Vector width of the grad-weight accumulators.
+    chunks : int
+        Parallel batch slices of the grad-weight kernel.
+    """
+
+    rows: int = 0
+    width: int = 0
+    tile_outer: bool = True
+    lanes: int = 0
+    chunks: int = 0
+
+    def to_json(self) -> dict:
+        """Plain dict for the tuning database."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> "Knobs":
+        """Inverse of :meth:`to_json`."""
+        return cls(**{name: record[name] for name in asdict(cls()) if name in record})
+
+
+def _divisors(value: int) -> list[int]:
+    return [d for d in range(1, value + 1) if value % d == 0]
+
+
+def _largest_divisor_at_most(value: int, limit: int) -> int:
+    return max(d for d in _divisors(value) if d <= max(1, limit))
+
+
+def resolve_gather(knobs: Knobs, out_height: int, out_width: int, group: int) -> Knobs:
+    """Concrete gather knobs for an output of ``out_height x out_width`` and ``group`` channels per row.
+
+    Requested values are rounded down to divisors of the output size; unset ones default to the
+    widest tile of at most 32 columns and as many rows as fit :data:`REGISTER_FLOATS`.
+    """
+    width = _largest_divisor_at_most(out_width, knobs.width or 32)
+    rows_limit = knobs.rows or max(1, REGISTER_FLOATS // (width * group))
+    rows = _largest_divisor_at_most(out_height, rows_limit)
+    return replace(knobs, rows=rows, width=width)
+
+
+def resolve_grad_weight(knobs: Knobs, out_width: int, batch: int, threads: int) -> Knobs:
+    """Concrete grad-weight knobs: ``lanes`` divides the output width, ``chunks`` divides the batch."""
+    lanes = _largest_divisor_at_most(out_width, knobs.lanes or 8)
+    chunks = _largest_divisor_at_most(batch, knobs.chunks or threads)
+    return replace(knobs, lanes=lanes, chunks=chunks)
+
+
+def gather_space(out_height: int, out_width: int, group: int) -> list[Knobs]:
+    """Distinct resolved gather knobs worth measuring for this output size."""
+    space = {
+        resolve_gather(Knobs(rows=r, width=w, tile_outer=o), out_height, out_width, group)
+        for r, w, o in itertools.product((1, 2, 4, 8), (4, 8, 16, 32), (True, False))
+    }
+    return sorted((k for k in space if k.rows * k.width * group <= 2 * REGISTER_FLOATS), key=lambda k: (k.rows, k.width, k.tile_outer))
+
+
+def grad_weight_space(out_width: int, batch: int, threads: int) -> list[Knobs]:
+    """Distinct resolved grad-weight knobs worth measuring."""
+    space = {
+        resolve_grad_weight(Knobs(lanes=lanes, chunks=chunks), out_width, batch, threads)
+        for lanes, chunks in itertools.product((4, 8, 16, 32), (threads, 2 * threads, 4 * threads))
+    }
+    return sorted(space, key=lambda k: (k.lanes, k.chunks))

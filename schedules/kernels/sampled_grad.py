@@ -1,0 +1,108 @@
+"""Sampled correlation: the grad-weight kernel of the irregular, block and pattern schemes.
+
+``dvalues[slot] = sum over n, ho, wo of dy[n, o, ho, wo] * x_pad[n, i, s*ho + kh, s*wo + kw]`` only at
+the format's kept positions ``(o, i, kh, kw)``: no dense weight gradient ever exists, which is what
+makes MEST's training memory-economic.
+
+Schedule: the batch is split into ``chunks`` parallel slices; each slice copies its images one at a
+time into a per-thread padded scratch (the forward kernel's layout) and, for every entry, accumulates
+``lanes``-wide vectors of products over the output plane (the ``dy`` plane of the row stays in L1
+across the row's entries), then adds their horizontal sum to the slice's partial gradient. The
+partials are summed at the end; slots that belong to no row (capacity padding) come out as zero.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script.ir_builder import IRBuilder
+from tvm.script.ir_builder.tirx import ir as T
+
+from schedules.kernels.entries import Entries
+from schedules.kernels.gather_conv import _declare
+from schedules.kernels.knobs import Knobs, resolve_grad_weight
+from schedules.kernels.scratch import Scratch
+from schedules.threads import num_threads
+
+
+def sampled_grad(
+    walk: Entries,
+    x_shape: tuple[int, int, int, int],
+    y_shape: tuple[int, int, int, int],
+    capacity: int,
+    scratch: Scratch,
+    knobs: Knobs | None,
+    name: str,
+) -> tirx.PrimFunc:
+    """Scheduled PrimFunc ``name(x, dy, *walk.params, dvalues)``.
+
+    Parameters
+    ----------
+    walk : Entries
+        The format's forward walk (its params exclude the values).
+    x_shape, y_shape : tuple of int
+        NCHW shapes of the forward input and output.
+    capacity : int
+        Value slots of the format (length of ``dvalues``).
+    scratch : Scratch
+        Layout of the per-image padded copy of ``x`` (the forward kernel's).
+    knobs : Knobs, optional
+        Schedule knobs; unset ones are chosen from the shape.
+    name : str
+        Global symbol of the function.
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        With ``tir.is_scheduled`` set.
+    """
+    batch = x_shape[0]
+    out_height, out_width = y_shape[2:]
+    group, taps = walk.group, walk.taps
+    k = resolve_grad_weight(knobs or Knobs(), out_width, batch, num_threads())
+    lanes, chunks = k.lanes, k.chunks
+    per_chunk = batch // chunks
+    zero = tirx.const(0.0, "float32")
+    with IRBuilder() as builder:
+        with T.prim_func():
+            T.func_name(name)
+            T.func_attr({"global_symbol": name, "tir.noalias": True, "tir.is_scheduled": True})
+            x = _declare("x", x_shape, "float32")
+            dy = _declare("dy", y_shape, "float32")
+            buffers = {spec.name: _declare(spec.name, spec.shape, spec.dtype) for spec in walk.params}
+            dvalues = _declare("dvalues", (capacity,), "float32")
+            partial = T.alloc_buffer((chunks * capacity,), "float32")
+            with T.parallel(0, chunks) as p:
+                with T.serial(0, capacity) as s:
+                    T.buffer_store(partial, zero, [p * capacity + s])
+                pad = T.alloc_buffer((scratch.size,), "float32")
+                with T.serial(0, per_chunk) as nn:
+                    n = p * per_chunk + nn
+                    scratch.fill(x, n, pad, 0)
+                    with T.serial(0, walk.rows) as row:
+                        begin, end = walk.row_range(buffers, row)
+                        with T.serial(begin, end) as e:
+                            acc = T.alloc_buffer((group * taps * lanes,), "float32")
+                            with T.unroll(0, group * taps) as gt:
+                                with T.vectorized(0, lanes) as w:
+                                    T.buffer_store(acc, zero, [gt * lanes + w])
+                            base = walk.channel(buffers, e) * scratch.plane
+                            with T.serial(0, out_height) as ho:
+                                with T.serial(0, out_width // lanes) as wt:
+                                    for t in range(taps):
+                                        at = base + scratch.tap_offset(walk.tap(buffers, e, t)) + ho * scratch.row_stride + wt * lanes
+                                        for g in range(group):
+                                            with T.vectorized(0, lanes) as w:
+                                                slot = (g * taps + t) * lanes + w
+                                                grad = dy[n, row * group + g, ho, wt * lanes + w]
+                                                T.buffer_store(acc, acc[slot] + grad * pad[at + w], [slot])
+                            for t in range(taps):
+                                for g in range(group):
+                                    target = p * capacity + walk.value_slot(buffers, e, t, g)
+                                    with T.unroll(0, lanes) as w:
+                                        T.buffer_store(partial, partial[target] + acc[(g * taps + t) * lanes + w], [target])
+            with T.serial(0, capacity) as s:
+                total = partial[s]
+                for c in range(1, chunks):
+                    total = total + partial[c * capacity + s]
+                T.buffer_store(dvalues, total, [s])
+    return builder.get()
