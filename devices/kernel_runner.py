@@ -22,7 +22,7 @@ import numpy as np
 from .cache import cache_dir
 from .errors import DeviceError, RemoteTimeoutError
 from .native_build import cross_build, source_digest
-from .sessions import GuardedFunction, LoadedModule, Session
+from .sessions import GuardedFunction, LoadedModule, Session, one_line
 from .targets import TargetSpec
 from .timing import Timing
 
@@ -194,10 +194,10 @@ class RunnerSession(Session):
                     f"call of {func_name} on {self.describe()} did not finish within {timeout_s:g} s"
                 ) from err
             if process.returncode != 0:
-                message = stderr.decode(errors="replace").strip().splitlines()
+                message = stderr.decode(errors="replace").replace("kernel_runner: ", "")
                 raise DeviceError(
                     f"call of {func_name} failed on {self.describe()}: "
-                    f"{message[-1] if message else f'exit status {process.returncode}'}"
+                    f"{one_line(message) if message.strip() else f'exit status {process.returncode}'}"
                 )
             timings = _decode_results(out_path.read_bytes(), args)
         in_path.unlink()

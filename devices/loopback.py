@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +87,7 @@ class ServiceProcess:
         """Stop the process group: SIGTERM, then SIGKILL after a few seconds; idempotent."""
         if self.alive:
             _signal_group(self.process.pid, signal.SIGTERM)
+            _signal_group(self.process.pid, signal.SIGCONT)  # a stopped group handles SIGTERM now
             try:
                 self.process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -94,6 +96,7 @@ class ServiceProcess:
             _signal_group(self.process.pid, signal.SIGKILL)  # orphaned session workers
         if self.process.stdout:
             self.process.stdout.close()
+        shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
     def __enter__(self) -> ServiceProcess:
         return self
@@ -200,3 +203,61 @@ def start_tracker(
     ServiceProcess
     """
     return _start("rpc tracker", ["--run-tracker"], host, port, startup_timeout_s)
+
+
+@dataclass
+class LoopbackTracker:
+    """A tracker on 127.0.0.1 with one RPC server of this machine registered under ``key``.
+
+    Attributes
+    ----------
+    tracker : ServiceProcess
+    server : ServiceProcess
+    key : str
+    """
+
+    tracker: ServiceProcess
+    server: ServiceProcess
+    key: str
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` of the tracker (e.g. for MetaSchedule's ``RPCConfig``)."""
+        return self.tracker.address
+
+    @property
+    def session_kind(self) -> str:
+        """The ``open_session`` kind that requests the device: ``tracker:HOST:PORT:KEY``."""
+        return f"tracker:{self.tracker.host}:{self.tracker.port}:{self.key}"
+
+    def stop(self) -> None:
+        """Stop the server, then the tracker."""
+        self.server.stop()
+        self.tracker.stop()
+
+    def __enter__(self) -> LoopbackTracker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_loopback_tracker(key: str = "mest-loopback") -> LoopbackTracker:
+    """Start a tracker and one RPC server registered with it, both on 127.0.0.1.
+
+    Parameters
+    ----------
+    key : str
+        The device key the server registers under.
+
+    Returns
+    -------
+    LoopbackTracker
+    """
+    tracker = start_tracker()
+    try:
+        server = start_rpc_server(tracker=tracker.address, key=key)
+    except DeviceError:
+        tracker.stop()
+        raise
+    return LoopbackTracker(tracker, server, key)

@@ -36,6 +36,8 @@ from .timing import Timing
 
 DEFAULT_CALL_TIMEOUT_S = 120.0
 SESSION_KINDS = ("local", "rpc", "tracker:HOST:PORT:KEY", "emulator")
+#: What TVM raises for a failed call (tvm_ffi maps the C++ error kinds to these built-ins).
+_REMOTE_FAILURES = (RuntimeError, OSError, ValueError, TypeError, IndexError, KeyError)
 #: Words in TVM's errors that mean the other end of the connection is gone.
 _CONNECTION_LOST_MARKERS = (
     "kShutdown", "SockChannel", "Broken pipe", "Connection reset", "Pipe read error",
@@ -43,11 +45,32 @@ _CONNECTION_LOST_MARKERS = (
 )
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """Squeeze an error text (TVM's span several lines, RPC ones carry a traceback) into one line.
+
+    Parameters
+    ----------
+    text : str
+        The error text.
+    limit : int
+        Maximum length kept.
+
+    Returns
+    -------
+    str
+    """
+    kept = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Traceback", "File ", "File:")) or line[:1].isdigit():
+            continue
+        kept.append(line.removeprefix("RPCError: Error caught from RPC call:").strip())
+    squeezed = " ".join(part for part in kept if part)
+    return squeezed[:limit] if squeezed else "no message"
+
+
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # TVM errors put the message last, after a traceback of the remote side.
-    return (lines[-1] if lines else type(err).__name__)[:300]
+    return one_line(str(err)) if str(err).strip() else type(err).__name__
 
 
 class Session(abc.ABC):
@@ -140,7 +163,7 @@ class Session(abc.ABC):
             watchdog.start()
         try:
             yield
-        except (tvm.error.TVMError, RuntimeError, OSError, ValueError) as err:
+        except _REMOTE_FAILURES as err:
             if isinstance(err, DeviceError):
                 raise
             raise self._translate(what, timeout_s, expired.is_set(), err) from err

@@ -1,9 +1,10 @@
 // The smallest runner of a TVM kernel library, for targets without a TVM runtime (armv7).
 //
 // A kernel library built by tvm.compile for an llvm target and linked by export_library exports one
-// C symbol per function, __tvm_ffi_<name>, with the tvm_ffi "safe call" ABI, and imports only a few
-// runtime functions (error reporting, parallel launch, workspaces). This program provides those
-// (single-threaded), dlopens the library and calls one function:
+// C symbol per function, __tvm_ffi_<name>, with the tvm_ffi "safe call" ABI, and uses only a few
+// runtime functions (error reporting, parallel launch, workspaces), some linked by name, some
+// through "__<function>" pointers that the loader fills in. This program provides those
+// (parallel loops run on one thread), dlopens the library and calls one function:
 //
 //   kernel_runner LIBRARY FUNCTION IN_FILE OUT_FILE NUMBER REPEAT
 //
@@ -61,7 +62,53 @@ int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr) {
   free(ptr);
   return 0;
 }
+
+int TVMFFIHandleInitOnce(void** handle_addr, int (*init_func)(void** result)) {
+  return *handle_addr == nullptr ? init_func(handle_addr) : 0;
 }
+
+static int UnsupportedFunctionCall(void* func, TVMFFIAny* args, int32_t num_args,
+                                   TVMFFIAny* result) {
+  g_error = "RuntimeError: the kernel calls a packed function; the kernel runner has none";
+  return -1;
+}
+
+static int UnsupportedLookupFromImports(void* library_ctx, const char* func_name, void** out) {
+  g_error = std::string("RuntimeError: the kernel needs function ") + func_name +
+            ", which the kernel runner does not provide";
+  return -1;
+}
+}
+
+namespace {
+
+// Kernel libraries call the runtime through function pointers named "__<function>" that the
+// loader fills in (tvm_ffi's ContextSymbolRegistry); this is the runner's version of that table.
+struct ContextSymbol {
+  const char* name;
+  void* function;
+};
+
+const ContextSymbol kContextSymbols[] = {
+    {"__TVMFFIErrorSetRaisedFromCStr", reinterpret_cast<void*>(&TVMFFIErrorSetRaisedFromCStr)},
+    {"__TVMFFIFunctionCall", reinterpret_cast<void*>(&UnsupportedFunctionCall)},
+    {"__TVMFFIEnvModLookupFromImports", reinterpret_cast<void*>(&UnsupportedLookupFromImports)},
+    {"__TVMFFIHandleInitOnce", reinterpret_cast<void*>(&TVMFFIHandleInitOnce)},
+    {"__TVMBackendAllocWorkspace", reinterpret_cast<void*>(&TVMBackendAllocWorkspace)},
+    {"__TVMBackendFreeWorkspace", reinterpret_cast<void*>(&TVMBackendFreeWorkspace)},
+    {"__TVMBackendParallelLaunch", reinterpret_cast<void*>(&TVMBackendParallelLaunch)},
+    {"__TVMBackendParallelBarrier", reinterpret_cast<void*>(&TVMBackendParallelBarrier)},
+};
+
+void InitContextSymbols(void* library) {
+  for (const ContextSymbol& symbol : kContextSymbols) {
+    if (void** slot = reinterpret_cast<void**>(dlsym(library, symbol.name))) {
+      *slot = symbol.function;
+    }
+  }
+}
+
+}  // namespace
 
 namespace {
 
@@ -96,6 +143,7 @@ int main(int argc, char** argv) {
   if (argc != 7) Fail("usage: kernel_runner LIBRARY FUNCTION IN_FILE OUT_FILE NUMBER REPEAT");
   void* library = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
   if (library == nullptr) Fail(std::string("cannot load library: ") + dlerror());
+  InitContextSymbols(library);
   std::string symbol = std::string("__tvm_ffi_") + argv[2];
   auto function = reinterpret_cast<TVMFFISafeCallType>(dlsym(library, symbol.c_str()));
   if (function == nullptr) Fail("library has no function " + std::string(argv[2]));

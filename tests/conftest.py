@@ -1,0 +1,64 @@
+"""Fixtures shared by the rooms' tests. Each room keeps to its own section."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+# ---- devices: loopback RPC server and tracker, ARM emulator sessions (once per test session) ----
+# Other rooms' tests may use these: compile with devices.targets.tvm_target(session.target) and
+# run through session.load / session.array / session.numpy / session.time.
+
+from devices.errors import ToolchainMissingError
+from devices.loopback import LoopbackTracker, start_loopback_tracker
+from devices.sessions import Session, open_session
+from devices.targets import get_target
+
+
+def skip_unless_target_tools(target: str, need_qemu: bool = True) -> None:
+    """Skip the calling test when the cross-compiler or qemu of ``target`` is not installed.
+
+    The reason names the Debian packages (``.ci/run`` installs them, so CI never skips).
+    """
+    try:
+        get_target(target).require_tools(need_qemu=need_qemu)
+    except ToolchainMissingError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def loopback_rpc_session() -> Iterator[Session]:
+    """An ``rpc`` session (x86) to a TVM RPC server started on 127.0.0.1 for the test session.
+
+    The server serves one connection at a time: use this session, do not open another to it.
+    """
+    with open_session("rpc", "x86") as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def loopback_tracker() -> Iterator[LoopbackTracker]:
+    """A tracker on 127.0.0.1 with one x86 RPC server registered under ``loopback_tracker.key``.
+
+    ``open_session(loopback_tracker.session_kind, "x86")`` requests that device; MetaSchedule's
+    ``RPCConfig`` takes ``loopback_tracker.address`` and ``.key``.
+    """
+    with start_loopback_tracker() as tracker:
+        yield tracker
+
+
+@pytest.fixture(scope="session")
+def arm64_emulator_session() -> Iterator[Session]:
+    """The aarch64 TVM runtime under qemu-aarch64 (pipe RPC); timings are correctness-only."""
+    skip_unless_target_tools("arm64")
+    with open_session("emulator", "arm64") as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def armv7_emulator_session() -> Iterator[Session]:
+    """armv7 kernels run one call at a time by our kernel runner under qemu-arm."""
+    skip_unless_target_tools("armv7")
+    with open_session("emulator", "armv7") as session:
+        yield session
