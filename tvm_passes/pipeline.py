@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,16 +87,17 @@ class _Phases:
         if dump_dir is not None:
             dump_dir.mkdir(parents=True, exist_ok=True)
 
-    def run(self, name: str, step: Callable[[], tvm.IRModule]) -> tvm.IRModule:
+    def run(self, name: str, step: Callable[[], Any]) -> Any:
         self.count += 1
         if self.progress:
             self.progress(f"phase {self.count}: {name}")
         start = time.perf_counter()
-        mod = step()
+        result = step()
         self.seconds[name] = time.perf_counter() - start
+        mod = getattr(result, "mod", result)
         if self.dump_dir is not None and isinstance(mod, tvm.IRModule):
             (self.dump_dir / f"{self.count:02d}_{name.replace(' ', '_')}.py").write_text(mod.script(show_meta=False))
-        return mod
+        return result
 
 
 def _layer_masks(masks: Mapping[str, torch.Tensor], schemes: Mapping[str, str]) -> dict[str, LayerMask]:
@@ -162,9 +164,8 @@ def compile_model(
     layers = _layer_masks(masks, schemes)
 
     # Phase 1: import, parameters as inputs so that their names still lead to FQNs.
-    imports = []
-    mod = phases.run("import", lambda: imports.append(import_model(model, input_shape)) or imports[0].mod)
-    imported = imports[0]
+    imported = phases.run("import", lambda: import_model(model, input_shape))
+    mod = imported.mod
 
     # Phase 2: annotate masked convs by FQN, then bind the (masked) parameters as constants.
     def annotate():
