@@ -69,6 +69,11 @@ class SocketSession(Session):
         return f"{self.kind} session ({self.target.name}) at {self.peer}"
 
     @property
+    def server(self) -> ServiceProcess | None:
+        """The loopback server this session started (stopped on close), else None."""
+        return self._owned_server
+
+    @property
     def device(self) -> tvm.runtime.Device:
         return self._connection().cpu(0)
 
@@ -227,6 +232,11 @@ class EmulatorSession(Session):
 
     def describe(self) -> str:
         return f"emulator session ({self.target.name}, {self.target.qemu})"
+
+    @property
+    def qemu_pids(self) -> frozenset[int]:
+        """Process ids of the qemu running our RPC server (killed on close)."""
+        return frozenset(self._qemu_pids)
 
     @property
     def device(self) -> tvm.runtime.Device:

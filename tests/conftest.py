@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from devices.loopback import LoopbackTracker
+    from devices.sessions import Session
 
 # ---- devices: loopback RPC server and tracker, ARM emulator sessions (once per test session) ----
 # Other rooms' tests may use these: compile with devices.targets.tvm_target(session.target) and
 # run through session.load / session.array / session.numpy / session.time.
 
-from devices.errors import ToolchainMissingError
-from devices.loopback import LoopbackTracker, start_loopback_tracker
-from devices.sessions import Session, open_session
-from devices.targets import get_target
+# devices (and so tvm) are imported inside the fixtures: tests that use none of them do not pay
+# for importing TVM.
 
 
 def skip_unless_target_tools(target: str, need_qemu: bool = True) -> None:
@@ -21,10 +24,19 @@ def skip_unless_target_tools(target: str, need_qemu: bool = True) -> None:
 
     The reason names the Debian packages (``.ci/run`` installs them, so CI never skips).
     """
+    from devices.errors import ToolchainMissingError
+    from devices.targets import get_target
+
     try:
         get_target(target).require_tools(need_qemu=need_qemu)
     except ToolchainMissingError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def require_target_tools() -> Callable[..., None]:
+    """``require_target_tools("armv7", need_qemu=False)`` skips the test when tools are missing."""
+    return skip_unless_target_tools
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +45,8 @@ def loopback_rpc_session() -> Iterator[Session]:
 
     The server serves one connection at a time: use this session, do not open another to it.
     """
+    from devices.sessions import open_session
+
     with open_session("rpc", "x86") as session:
         yield session
 
@@ -44,6 +58,8 @@ def loopback_tracker() -> Iterator[LoopbackTracker]:
     ``open_session(loopback_tracker.session_kind, "x86")`` requests that device; MetaSchedule's
     ``RPCConfig`` takes ``loopback_tracker.address`` and ``.key``.
     """
+    from devices.loopback import start_loopback_tracker
+
     with start_loopback_tracker() as tracker:
         yield tracker
 
@@ -52,6 +68,8 @@ def loopback_tracker() -> Iterator[LoopbackTracker]:
 def arm64_emulator_session() -> Iterator[Session]:
     """The aarch64 TVM runtime under qemu-aarch64 (pipe RPC); timings are correctness-only."""
     skip_unless_target_tools("arm64")
+    from devices.sessions import open_session
+
     with open_session("emulator", "arm64") as session:
         yield session
 
@@ -60,5 +78,7 @@ def arm64_emulator_session() -> Iterator[Session]:
 def armv7_emulator_session() -> Iterator[Session]:
     """armv7 kernels run one call at a time by our kernel runner under qemu-arm."""
     skip_unless_target_tools("armv7")
+    from devices.sessions import open_session
+
     with open_session("emulator", "armv7") as session:
         yield session
