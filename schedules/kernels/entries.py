@@ -62,6 +62,7 @@ class Entries:
     rows: int
     group: int
     taps: int
+    count: int
     src_channels: int
     row_range: Callable[[Buffers, Expr], tuple[Expr, Expr]]
     channel: Callable[[Buffers, Expr], Expr]
@@ -92,6 +93,7 @@ def _transposed_positions(fmt: SparseFormat, direction: str) -> Entries:
         rows=in_channels,
         group=1,
         taps=1,
+        count=len(fmt.indices["t_positions"]),
         src_channels=out_channels,
         row_range=_csr("t_row_ptr"),
         channel=lambda b, e: _i32(b["t_positions"][e]) // KERNEL_TAPS,
@@ -109,6 +111,7 @@ def _irregular(fmt: SparseFormat, direction: str) -> Entries:
         rows=out_channels,
         group=1,
         taps=1,
+        count=len(fmt.indices["positions"]),
         src_channels=in_channels,
         row_range=_csr("row_ptr"),
         channel=lambda b, e: _i32(b["positions"][e]) // KERNEL_TAPS,
@@ -126,6 +129,7 @@ def _block(fmt: SparseFormat, direction: str) -> Entries:
         rows=out_channels // 4,
         group=4,
         taps=1,
+        count=len(fmt.indices["positions"]),
         src_channels=in_channels,
         row_range=_csr("block_ptr"),
         channel=lambda b, e: _i32(b["positions"][e]) // KERNEL_TAPS,
@@ -143,6 +147,7 @@ def _pattern(fmt: SparseFormat, direction: str) -> Entries:
             rows=in_channels,
             group=1,
             taps=4,
+            count=len(fmt.indices["t_kernels"]),
             src_channels=out_channels,
             row_range=_csr("t_row_ptr"),
             channel=lambda b, e: _i32(b["t_kernels"][e]) // per_filter,
@@ -154,6 +159,7 @@ def _pattern(fmt: SparseFormat, direction: str) -> Entries:
         rows=out_channels,
         group=1,
         taps=4,
+        count=len(fmt.indices["channels"]),
         src_channels=in_channels,
         row_range=lambda b, row: (row * per_filter, row * per_filter + per_filter),
         channel=lambda b, e: _i32(b["channels"][e]),

@@ -27,6 +27,20 @@ def _declare(name: str, shape: tuple[int, ...], dtype: str) -> tirx.Buffer:
     return T.arg(name, T.buffer(shape, dtype, buffer_name=name))
 
 
+def tap_offsets(walk: Entries, buffers: dict[str, tirx.Buffer], scratch: Scratch) -> tirx.Buffer:
+    """Emit a loop that tabulates each entry's scratch offsets (``channel * plane + tap offset``).
+
+    Computed once per call (``count * taps`` integers), it spares the inner loops the index decoding
+    they would otherwise redo for every image and tile.
+    """
+    offsets = T.alloc_buffer((max(walk.count, 1) * walk.taps,), "int32")
+    with T.serial(0, walk.count) as e:
+        for t in range(walk.taps):
+            offset = walk.channel(buffers, e) * scratch.plane + scratch.tap_offset(walk.tap(buffers, e, t))
+            T.buffer_store(offsets, offset, [e * walk.taps + t])
+    return offsets
+
+
 def gather_conv(
     walk: Entries,
     src_shape: tuple[int, int, int, int],
@@ -68,6 +82,7 @@ def gather_conv(
             buffers = {spec.name: _declare(spec.name, spec.shape, spec.dtype) for spec in walk.params}
             out = _declare("out", out_shape, "float32")
             values = buffers["values"]
+            offsets = tap_offsets(walk, buffers, scratch)
             with T.parallel(0, batch) as n:
                 pad = T.alloc_buffer((scratch.size,), "float32")
                 scratch.fill(src, n, pad, 0)
@@ -82,9 +97,9 @@ def gather_conv(
                                     T.buffer_store(acc, tirx.const(0.0, "float32"), [gr * width + w])
                             begin, end = walk.row_range(buffers, row)
                             with T.serial(begin, end) as e:
-                                base = walk.channel(buffers, e) * scratch.plane + tile * rows * scratch.row_stride + wt * width
+                                base = tile * rows * scratch.row_stride + wt * width
                                 for t in range(taps):
-                                    at = base + scratch.tap_offset(walk.tap(buffers, e, t))
+                                    at = base + offsets[e * taps + t]
                                     for g in range(group):
                                         value = values[walk.value_slot(buffers, e, t, g)]
                                         with T.unroll(0, rows) as r:

@@ -29,7 +29,7 @@ class Knobs:
     tile_outer : bool
         Row-tile loop outside the output-channel loop (gather kernels).
     lanes : int
-        Vector width of the grad-weight accumulators.
+        Vector width of the grad-weight accumulators (``rows`` of them per gradient, independent).
     chunks : int
         Parallel batch slices of the grad-weight kernel.
     """
@@ -70,11 +70,17 @@ def resolve_gather(knobs: Knobs, out_height: int, out_width: int, group: int) ->
     return replace(knobs, rows=rows, width=width)
 
 
-def resolve_grad_weight(knobs: Knobs, out_width: int, batch: int, threads: int) -> Knobs:
-    """Concrete grad-weight knobs: ``lanes`` divides the output width, ``chunks`` divides the batch."""
-    lanes = _largest_divisor_at_most(out_width, knobs.lanes or 8)
+def resolve_grad_weight(knobs: Knobs, out_height: int, out_width: int, batch: int, streams: int, threads: int) -> Knobs:
+    """Concrete grad-weight knobs for ``streams`` (group x taps) gradients per entry.
+
+    ``lanes`` divides the output width, ``rows`` (independent accumulator rows, to hide FMA latency)
+    divides the output height, ``chunks`` divides the batch.
+    """
+    lanes = _largest_divisor_at_most(out_width, knobs.lanes or 16)
+    rows_limit = knobs.rows or max(1, (REGISTER_FLOATS * 2 // 3) // (lanes * streams))
+    rows = _largest_divisor_at_most(out_height, rows_limit)
     chunks = _largest_divisor_at_most(batch, knobs.chunks or threads)
-    return replace(knobs, lanes=lanes, chunks=chunks)
+    return replace(knobs, rows=rows, lanes=lanes, chunks=chunks, width=0, tile_outer=True)
 
 
 def gather_space(out_height: int, out_width: int, group: int) -> list[Knobs]:
@@ -86,10 +92,10 @@ def gather_space(out_height: int, out_width: int, group: int) -> list[Knobs]:
     return sorted((k for k in space if k.rows * k.width * group <= 2 * REGISTER_FLOATS), key=lambda k: (k.rows, k.width, k.tile_outer))
 
 
-def grad_weight_space(out_width: int, batch: int, threads: int) -> list[Knobs]:
+def grad_weight_space(out_height: int, out_width: int, batch: int, streams: int, threads: int) -> list[Knobs]:
     """Distinct resolved grad-weight knobs worth measuring."""
     space = {
-        resolve_grad_weight(Knobs(lanes=lanes, chunks=chunks), out_width, batch, threads)
-        for lanes, chunks in itertools.product((4, 8, 16, 32), (threads, 2 * threads, 4 * threads))
+        resolve_grad_weight(Knobs(rows=rows, lanes=lanes, chunks=chunks), out_height, out_width, batch, streams, threads)
+        for rows, lanes, chunks in itertools.product((1, 2, 4), (8, 16, 32), (threads, 2 * threads))
     }
-    return sorted(space, key=lambda k: (k.lanes, k.chunks))
+    return sorted((k for k in space if k.rows * k.lanes * streams <= 2 * REGISTER_FLOATS), key=lambda k: (k.rows, k.lanes, k.chunks))

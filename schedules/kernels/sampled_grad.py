@@ -6,7 +6,7 @@ makes MEST's training memory-economic.
 
 Schedule: the batch is split into ``chunks`` parallel slices; each slice copies its images one at a
 time into a per-thread padded scratch (the forward kernel's layout) and, for every entry, accumulates
-``lanes``-wide vectors of products over the output plane (the ``dy`` plane of the row stays in L1
+``rows x lanes`` independent vector accumulators of products over the output plane (the ``dy`` plane of the row stays in L1
 across the row's entries), then adds their horizontal sum to the slice's partial gradient. The
 partials are summed at the end; slots that belong to no row (capacity padding) come out as zero.
 """
@@ -17,11 +17,18 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder.tirx import ir as T
 
-from schedules.kernels.entries import Entries
-from schedules.kernels.gather_conv import _declare
+from schedules.kernels.entries import Entries, Expr
+from schedules.kernels.gather_conv import _declare, tap_offsets
 from schedules.kernels.knobs import Knobs, resolve_grad_weight
 from schedules.kernels.scratch import Scratch
 from schedules.threads import num_threads
+
+
+def _tree_sum(terms: list[Expr]) -> Expr:
+    """Pairwise sum (a short dependency chain, unlike adding lanes one by one into memory)."""
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
 
 
 def sampled_grad(
@@ -58,8 +65,8 @@ def sampled_grad(
     batch = x_shape[0]
     out_height, out_width = y_shape[2:]
     group, taps = walk.group, walk.taps
-    k = resolve_grad_weight(knobs or Knobs(), out_width, batch, num_threads())
-    lanes, chunks = k.lanes, k.chunks
+    k = resolve_grad_weight(knobs or Knobs(), out_height, out_width, batch, group * taps, num_threads())
+    lanes, chunks, rows = k.lanes, k.chunks, k.rows
     per_chunk = batch // chunks
     zero = tirx.const(0.0, "float32")
     with IRBuilder() as builder:
@@ -71,6 +78,7 @@ def sampled_grad(
             buffers = {spec.name: _declare(spec.name, spec.shape, spec.dtype) for spec in walk.params}
             dvalues = _declare("dvalues", (capacity,), "float32")
             partial = T.alloc_buffer((chunks * capacity,), "float32")
+            offsets = tap_offsets(walk, buffers, scratch)
             with T.parallel(0, chunks) as p:
                 with T.serial(0, capacity) as s:
                     T.buffer_store(partial, zero, [p * capacity + s])
@@ -81,25 +89,26 @@ def sampled_grad(
                     with T.serial(0, walk.rows) as row:
                         begin, end = walk.row_range(buffers, row)
                         with T.serial(begin, end) as e:
-                            acc = T.alloc_buffer((group * taps * lanes,), "float32")
-                            with T.unroll(0, group * taps) as gt:
+                            acc = T.alloc_buffer((group * taps * rows * lanes,), "float32")
+                            with T.unroll(0, group * taps * rows) as gtr:
                                 with T.vectorized(0, lanes) as w:
-                                    T.buffer_store(acc, zero, [gt * lanes + w])
-                            base = walk.channel(buffers, e) * scratch.plane
-                            with T.serial(0, out_height) as ho:
+                                    T.buffer_store(acc, zero, [gtr * lanes + w])
+                            with T.serial(0, out_height // rows) as ht:
                                 with T.serial(0, out_width // lanes) as wt:
                                     for t in range(taps):
-                                        at = base + scratch.tap_offset(walk.tap(buffers, e, t)) + ho * scratch.row_stride + wt * lanes
+                                        at = offsets[e * taps + t] + ht * rows * scratch.row_stride + wt * lanes
                                         for g in range(group):
-                                            with T.vectorized(0, lanes) as w:
-                                                slot = (g * taps + t) * lanes + w
-                                                grad = dy[n, row * group + g, ho, wt * lanes + w]
-                                                T.buffer_store(acc, acc[slot] + grad * pad[at + w], [slot])
+                                            with T.unroll(0, rows) as r:
+                                                with T.vectorized(0, lanes) as w:
+                                                    slot = ((g * taps + t) * rows + r) * lanes + w
+                                                    grad = dy[n, row * group + g, ht * rows + r, wt * lanes + w]
+                                                    T.buffer_store(acc, acc[slot] + grad * pad[at + r * scratch.row_stride + w], [slot])
                             for t in range(taps):
                                 for g in range(group):
                                     target = p * capacity + walk.value_slot(buffers, e, t, g)
-                                    with T.unroll(0, lanes) as w:
-                                        T.buffer_store(partial, partial[target] + acc[(g * taps + t) * lanes + w], [target])
+                                    first = (g * taps + t) * rows * lanes
+                                    lane_sum = _tree_sum([acc[first + i] for i in range(rows * lanes)])
+                                    T.buffer_store(partial, partial[target] + lane_sum, [target])
             with T.serial(0, capacity) as s:
                 total = partial[s]
                 for c in range(1, chunks):
