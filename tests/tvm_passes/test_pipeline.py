@@ -1,0 +1,99 @@
+"""The whole pipeline: trained sparse models compiled for x86 and aarch64 give PyTorch's logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from tvm_passes.config import CompileConfig
+from tvm_passes.kernels import SchedulesKernels
+from tvm_passes.pipeline import compile_model
+
+from passes_helpers import SCHEMES, assert_logits_close, skip_without_tools, trained_sparse_model
+
+INPUT = (2, 1, 8, 8)
+
+
+def _compile(model, state, target="x86", **kwargs):
+    return compile_model(model, state.masks, state.schemes, INPUT, CompileConfig(target),
+                         SchedulesKernels(target if target != "arm" else "arm64"), **kwargs)
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def x86_builds(tiny_models):
+    return {scheme: _compile(*tiny_models[scheme]) for scheme in SCHEMES}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_tiny_x86_matches_pytorch_eval(scheme, tiny_models, x86_builds):
+    model, _ = tiny_models[scheme]
+    x = np.random.default_rng(0).standard_normal(INPUT).astype(np.float32)
+    vm = relax.VirtualMachine(x86_builds[scheme].executable, tvm.cpu())
+    assert_logits_close(vm["main"](tvm.runtime.tensor(x)).numpy(), _logits(model, x))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_report_says_what_each_layer_became(scheme, tiny_models, x86_builds):
+    _, state = tiny_models[scheme]
+    layers = {layer.fqn: layer for layer in x86_builds[scheme].layers}
+    assert set(layers) == set(state.schemes)
+    for fqn, layer in layers.items():
+        assert layer.scheme == scheme
+        assert layer.density == pytest.approx(state.masks[fqn].float().mean().item(), abs=1e-4)
+        assert layer.bytes_dense == state.masks[fqn].numel() * 4
+        if layer.kernel == "dense":
+            assert layer.reason and layer.bytes_stored == layer.bytes_dense
+        else:
+            assert layer.kernel == scheme and layer.bytes_stored < layer.bytes_dense
+    arrays = x86_builds[scheme].stored_arrays
+    if scheme != "channel":
+        assert any(key.endswith("/values") for key in arrays)
+
+
+def test_dense_layers_above_crossover_stay_dense_and_still_match(tiny_models):
+    model, state = tiny_models["irregular"]
+    config = CompileConfig("x86", crossover={"irregular": 0.0})
+    compiled = compile_model(model, state.masks, state.schemes, INPUT, config, SchedulesKernels("x86"))
+    assert {layer.kernel for layer in compiled.layers} == {"dense"}
+    assert all("crossover" in layer.reason for layer in compiled.layers)
+    x = np.random.default_rng(1).standard_normal(INPUT).astype(np.float32)
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    assert_logits_close(vm["main"](tvm.runtime.tensor(x)).numpy(), _logits(model, x))
+
+
+def test_ir_is_dumped_after_every_phase(tiny_models, tmp_path):
+    model, state = tiny_models["block"]
+    _compile(model, state, dump_dir=tmp_path)
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == ["01_import.py", "02_annotate.py", "03_fold.py", "04_lower.py", "05_legalize_and_fuse.py"]
+    assert "mest.sparse_conv2d" in (tmp_path / "02_annotate.py").read_text()
+    assert "R.call_tir(cls.sparse_block_" in (tmp_path / "04_lower.py").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_resnet32_x86_matches_pytorch_eval(scheme):
+    model, state = trained_sparse_model("resnet32", scheme, steps=2)
+    compiled = _compile(model, state)
+    x = np.random.default_rng(2).standard_normal(INPUT).astype(np.float32)
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    assert_logits_close(vm["main"](tvm.runtime.tensor(x)).numpy(), _logits(model, x))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_tiny_aarch64_under_emulator_matches_pytorch_eval(scheme, tiny_models, request):
+    skip_without_tools("arm64")
+    session = request.getfixturevalue("arm64_emulator_session")
+    model, state = tiny_models[scheme]
+    compiled = _compile(model, state, target="arm")
+    vm = relax.VirtualMachine(session.load(compiled.executable, f"tiny_{scheme}").module, session.device)
+    x = np.random.default_rng(3).standard_normal(INPUT).astype(np.float32)
+    assert_logits_close(session.numpy(vm["main"](session.array(x))), _logits(model, x))
