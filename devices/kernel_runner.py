@@ -147,6 +147,15 @@ class RunnerSession(Session):
         """
         return _RunnerModule(self, self._load_runtime_module(lib, name))
 
+    def run_relax(self, module: LoadedModule, inputs: list[np.ndarray],
+                  func_name: str = "main", timeout_s: float | None = None) -> list[np.ndarray]:
+        """Refuse: a Relax VM needs a TVM runtime, and there is none for this target."""
+        raise DeviceError(
+            f"{self.describe()} runs TIR kernels only: a Relax VM needs a TVM runtime, which "
+            f"{self.target.name} lacks; run whole models on arm64, or on a real "
+            f"{self.target.name} device with a TVM runtime through a tracker"
+        )
+
     def array(self, value: np.ndarray) -> RunnerTensor:
         return RunnerTensor(np.asarray(value))
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import tvm
+import tvm.relax
 
 from .errors import DeviceError, RemoteTimeoutError, SessionClosedError
 from .targets import TargetSpec, export_library, get_target
@@ -277,6 +278,33 @@ class Session(abc.ABC):
             result = evaluator(*args)
         return Timing.from_runs(result.results, self.emulated)
 
+    def run_relax(self, module: LoadedModule, inputs: list[np.ndarray],
+                  func_name: str = "main", timeout_s: float | None = None) -> list[np.ndarray]:
+        """Run a function of a Relax executable in the VM of this session; return its outputs.
+
+        Parameters
+        ----------
+        module : LoadedModule
+            ``session.load(tvm.compile(relax_mod, tvm_target(session.target)))``.
+        inputs : list of numpy.ndarray
+            The function's arguments, in order.
+        func_name : str
+            The Relax function.
+        timeout_s : float, optional
+            Timeout of the whole run (default :attr:`call_timeout_s`).
+
+        Returns
+        -------
+        list of numpy.ndarray
+            The outputs, nested tuples flattened in order.
+        """
+        with self.guard(f"Relax VM run of {func_name}", timeout_s):
+            vm = tvm.relax.VirtualMachine(module.module, self.device)
+            vm.set_input(func_name, *[self.array(value) for value in inputs])
+            vm.invoke_stateful(func_name)
+            outputs = vm.get_outputs(func_name)
+            return [tensor.numpy() for tensor in _flatten(outputs)]
+
     def close(self) -> None:
         """Close the connection, stop what the session started, delete its files; idempotent."""
         if self._closed_reason is None:
@@ -289,6 +317,12 @@ class Session(abc.ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in _flatten(item)]
+    return [value]
 
 
 class LoadedModule:

@@ -79,3 +79,28 @@ KERNEL_BUILDERS: dict[str, Callable[[], KernelCase]] = {
 
 #: float32 results of different summation orders (vectorised, emulated) agree to this.
 RTOL, ATOL = 1e-5, 1e-5
+
+
+class TinyConvNet(torch.nn.Module):
+    """A 3x3 conv, ReLU and a linear layer: a whole model for the Relax VM path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def build_tiny_relax_model(seed: int = 3) -> tuple[tvm.IRModule, np.ndarray, np.ndarray]:
+    """The Relax module of :class:`TinyConvNet` (weights bound), an input and PyTorch's logits."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    torch.manual_seed(seed)
+    model = TinyConvNet().eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        logits = model(x).numpy()
+    module = from_exported_program(torch.export.export(model, (x,)), keep_params_as_input=False)
+    return module, x.numpy(), logits

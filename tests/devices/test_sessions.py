@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from device_kernels import ATOL, RTOL, KernelCase, build_matmul_case
+from device_kernels import ATOL, RTOL, KernelCase, build_matmul_case, build_tiny_relax_model
 
 from devices.errors import DeviceError, UnknownTargetError
 from devices.sessions import Session, open_session
@@ -96,3 +96,19 @@ def test_kernel_error_is_one_line_and_session_stays_usable(arm64_emulator_sessio
     assert "\n" not in str(raised.value) and "shape" in str(raised.value)
     assert not session.closed
     np.testing.assert_allclose(_run(session, case), case.expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.fixture(scope="module")
+def tiny_relax_model():
+    return build_tiny_relax_model()
+
+
+def test_relax_model_matches_pytorch(any_session: Session, tiny_relax_model):
+    module, x, logits = tiny_relax_model
+    loaded = any_session.load(tvm.compile(module, target=tvm_target(any_session.target)), "model")
+    if any_session.target.emulation == "runner":
+        with pytest.raises(DeviceError, match="runs TIR kernels only"):
+            any_session.run_relax(loaded, [x])
+        return
+    (result,) = any_session.run_relax(loaded, [x])
+    np.testing.assert_allclose(result, logits, rtol=RTOL, atol=ATOL)
