@@ -218,3 +218,31 @@ def compile_model(
         phase_seconds=phases.seconds,
         stored_arrays=stored,
     )
+
+
+def load_on(session, compiled: CompiledModel, name: str = "model") -> relax.VirtualMachine:
+    """The compiled model as a Relax VM on a ``devices`` session (exported, cross-linked as needed).
+
+    Parameters
+    ----------
+    session : devices.sessions.Session
+        A session of the target the model was compiled for.
+    compiled : CompiledModel
+    name : str
+        Base name of the exported library the session loads.
+
+    Returns
+    -------
+    tvm.relax.VirtualMachine
+        ``vm["main"](session.array(x))`` gives the logits.
+    """
+    return relax.VirtualMachine(session.load(compiled.executable, name).module, session.device)
+
+
+def time_model(session, vm: relax.VirtualMachine, x: np.ndarray, number: int = 5, repeat: int = 5):
+    """Median time of the whole model on ``session`` (a ``devices.timing.Timing``)."""
+    from devices.timing import Timing
+
+    with session.guard("timing of the model"):
+        result = vm.time_evaluator("main", session.device, number=number, repeat=repeat)(session.array(x))
+    return Timing.from_runs(result.results, session.emulated)

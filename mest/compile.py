@@ -1,0 +1,165 @@
+"""``python -m mest.compile CHECKPOINT --target T``: a trained sparse model becomes a deployable library.
+
+Reads a checkpoint of ``mest.train``, compiles it with :func:`tvm_passes.pipeline.compile_model` for a
+target of the ``devices`` table, and writes to ``--out`` (default ``<run dir>/compiled-<target>``):
+
+- ``model.so``: the Relax VM library (cross-linked for ARM), weights and sparse formats embedded;
+- ``params.npz``: the arrays the library embeds for the sparse layers (``<fqn>/<buffer>``);
+- ``report.json``: per layer the scheme, density, kernel, bytes dense vs stored and time where the
+  target can be timed here; the phases' and total compile time; the check against PyTorch.
+
+With a session (``local`` by default on x86; ``--session emulator`` runs an ARM build under qemu) the
+library is loaded there and its logits are compared with PyTorch eval on a random batch. Bad input
+(no masks, an unknown target, a missing toolchain, an unreadable checkpoint, a model the import cannot
+take) prints one ``error:`` line and exits with code 2. A corrupt tuning database is a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mest.compile", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="checkpoint file of mest.train, or its run directory")
+    parser.add_argument("--target", required=True, help="x86, arm (= arm64), arm64 or armv7")
+    parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: under ~/.cache/mest-tvm)")
+    parser.add_argument("--trials", type=int, default=0, help="MetaSchedule trials for dense operators the database lacks")
+    parser.add_argument("--out", metavar="DIR", help="output directory (default: <run dir>/compiled-<target>)")
+    parser.add_argument("--session", help="local | rpc | emulator | tracker:HOST:PORT:KEY (default: local on x86, none on ARM)")
+    parser.add_argument("--batch", type=int, default=1, help="static batch size of the compiled module")
+    parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR")
+    return parser
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _format_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} ms" if value >= 1.0 else f"{value * 1e3:.1f} us"
+
+
+def _print_report(report: dict) -> None:
+    print(f"compiled {report['model']} for {report['target']} in {report['compile_seconds']:.1f} s -> {report['library']}")
+    header = f"{'layer':28} {'scheme':9} {'density':>7} {'kernel':9} {'dense B':>9} {'stored B':>9} {'time':>9}  note"
+    print(header)
+    for layer in report["layers"]:
+        timing = _format_ms(layer["time_ms"])
+        print(
+            f"{layer['fqn']:28} {layer['scheme']:9} {layer['density']:7.3f} {layer['kernel']:9} "
+            f"{layer['bytes_dense']:9d} {layer['bytes_stored']:9d} {timing:>9}  {layer['reason']}"
+        )
+    dense = sum(layer["bytes_dense"] for layer in report["layers"])
+    stored = sum(layer["bytes_stored"] for layer in report["layers"])
+    print(f"sparse layers: {dense} bytes dense, {stored} bytes stored ({dense / max(stored, 1):.1f}x smaller)")
+    if report.get("model_time"):
+        print(f"whole model (batch {report['batch']}): {report['model_time']}")
+    if report.get("check"):
+        print(f"check vs PyTorch eval: {report['check']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compile as the command line asks; return the exit code."""
+    import numpy as np
+    import torch
+
+    from devices.sessions import open_session
+    from devices.targets import get_target, tvm_target
+    from devices.targets import export_library
+    from mest.checkpoint import load_checkpoint, model_from_checkpoint
+    from tvm_passes.config import CompileConfig
+    from tvm_passes.kernels import SchedulesKernels
+    from tvm_passes.pipeline import compile_model, load_on, time_model
+    from tvm_passes.report import time_layers
+    from tvm_passes.tuning import TuningDatabase, default_database_dir
+
+    start = time.perf_counter()
+    spec = get_target(args.target)
+    session_kind = args.session or ("local" if spec.is_host else None)
+    spec.require_tools(need_qemu=session_kind == "emulator")
+    if args.trials < 0 or args.batch < 1:
+        raise ValueError("--trials must be >= 0 and --batch >= 1")
+    checkpoint = load_checkpoint(args.checkpoint)
+    if not checkpoint.schemes:
+        raise ValueError(f"checkpoint {checkpoint.path} has no masks: nothing to compile sparse (train with mest.train)")
+    model = model_from_checkpoint(checkpoint)
+    shape = (args.batch, checkpoint.model_spec.in_channels, checkpoint.model_spec.image_size, checkpoint.model_spec.image_size)
+    database = TuningDatabase(args.tune_db or default_database_dir(), warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+    config = CompileConfig(target=spec.name, batch=args.batch, tune_trials=args.trials)
+    compiled = compile_model(
+        model, checkpoint.masks, checkpoint.schemes, shape, config, SchedulesKernels(spec.name),
+        database=database, dump_dir=args.dump_ir, progress=lambda text: print(text, file=sys.stderr),
+    )
+    out = Path(args.out) if args.out else checkpoint.path.parent / f"compiled-{spec.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    library = export_library(compiled.executable, out / "model.so", spec)
+    buffer = io.BytesIO()
+    np.savez(buffer, **compiled.stored_arrays)
+    _atomic_bytes(out / "params.npz", buffer.getvalue())
+    compile_seconds = time.perf_counter() - start
+
+    report = {
+        "model": checkpoint.model_spec.name,
+        "checkpoint": str(checkpoint.path),
+        "target": spec.name,
+        "batch": args.batch,
+        "input_shape": list(shape),
+        "library": str(library),
+        "tuning_database": str(database.path),
+        "compile_seconds": round(compile_seconds, 3),
+        "phase_seconds": {name: round(value, 3) for name, value in compiled.phase_seconds.items()},
+        "layers": [],
+        "session": session_kind,
+        "model_time": None,
+        "check": None,
+    }
+    if session_kind is not None:
+        with open_session(session_kind, spec) as session:
+            vm = load_on(session, compiled)
+            x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+            logits = session.numpy(vm["main"](session.array(x)))
+            with torch.no_grad():
+                expected = model(torch.from_numpy(x)).numpy()
+            error = float(np.abs(logits - expected).max())
+            scale = float(np.abs(expected).max())
+            report["check"] = f"max |logit error| {error:.2e} (largest logit {scale:.2e}) on {session.describe()}"
+            if error > 1e-4 * max(scale, 1e-6) + 1e-5:
+                raise RuntimeError(f"compiled logits differ from PyTorch eval by {error:.3e}")
+            time_layers(compiled.mod, compiled.layers, tvm_target(spec), session)
+            report["model_time"] = time_model(session, vm, x).describe()
+    report["layers"] = [layer.to_json() for layer in compiled.layers]
+    _atomic_bytes(out / "report.json", json.dumps(report, indent=1).encode())
+    _print_report(report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse, run, turn every known failure into one ``error:`` line and exit code 2."""
+    args = _parser().parse_args(argv)
+    from devices.errors import DeviceError
+    from mest.errors import MestError
+    from tvm_passes.errors import CompileError
+
+    try:
+        return run(args)
+    except (MestError, CompileError, DeviceError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
