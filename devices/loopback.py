@@ -2,7 +2,8 @@
 
 Each service is ``python -m devices.serve`` in its own process group (its per-session worker
 processes included), on a free port found at start (a taken port is skipped, never fatal), and
-stopped by signalling the whole group, so nothing is left holding a port.
+stopped by signalling the whole group, so nothing is left holding a port. Should this process
+die without stopping them, they stop themselves (``--stop-with-parent``).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _start(role: str, extra_args: list[str], host: str, port: int | None,
     log_path = log_dir / f"{role.replace(' ', '-')}.log"
     command = [
         sys.executable, "-m", "devices.serve", "--host", host, "--port", str(first_port),
-        "--port-end", str(first_port + PORT_SEARCH_SPAN), *extra_args,
+        "--port-end", str(first_port + PORT_SEARCH_SPAN), "--stop-with-parent", *extra_args,
     ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

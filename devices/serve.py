@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
+import time
 
 READY_PREFIX = "devices.serve:"
 DEFAULT_SERVER_PORT = 9090
 DEFAULT_TRACKER_PORT = 9190
 PORT_SEARCH_SPAN = 64
+PARENT_POLL_S = 1.0
 
 
 def _parse_address(text: str) -> tuple[str, int]:
@@ -61,7 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", default="", help="device key under which the tracker lists it")
     parser.add_argument("--run-tracker", action="store_true",
                         help="run an RPC tracker instead of a device server")
+    parser.add_argument("--stop-with-parent", action="store_true",
+                        help="stop (with the whole process group) when the parent process exits")
     return parser
+
+
+def _stop_with_parent() -> None:
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
 def _wait(listener: threading.Thread) -> int:
@@ -110,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.tracker and not args.key:
         build_parser().error("--tracker needs --key (the name the tracker lists this device under)")
+    if args.stop_with_parent:
+        _stop_with_parent()
     default_port = DEFAULT_TRACKER_PORT if args.run_tracker else DEFAULT_SERVER_PORT
     port = args.port if args.port is not None else default_port
     port_end = args.port_end if args.port_end is not None else port + PORT_SEARCH_SPAN

@@ -8,10 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import tvm
 from device_kernels import build_matmul_case
@@ -135,3 +139,20 @@ def test_absent_tracker_is_reported():
         free = probe.getsockname()[1]
     with pytest.raises(DeviceError, match=f"no RPC tracker answers at 127.0.0.1:{free}"):
         open_session(f"tracker:127.0.0.1:{free}:board", "arm64")
+
+
+def test_servers_stop_when_the_process_that_started_them_dies():
+    script = (
+        "import os\n"
+        "from devices.loopback import start_rpc_server\n"
+        "server = start_rpc_server()\n"
+        "print(server.process.pid, flush=True)\n"
+        "os._exit(0)  # die without stopping it\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, check=True, cwd=Path(__file__).resolve().parents[2])
+    orphan_pid = int(result.stdout.split()[0])
+    try:
+        psutil.Process(orphan_pid).wait(timeout=30)  # psutil.TimeoutExpired if it lingers
+    except psutil.NoSuchProcess:
+        pass  # already gone
