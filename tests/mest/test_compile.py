@@ -1,0 +1,124 @@
+"""``python -m mest.compile``: a trained checkpoint becomes a library for x86 or ARM; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from devices.errors import ToolchainMissingError
+from devices.targets import get_target
+from mest.checkpoint import save_checkpoint
+from mest.compile import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A real run of the trainer: the tiny model, one epoch on digits, irregular 90%."""
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    result = _run("-m", "mest.train", "--model", "tiny", "--epochs", "1", "--out", str(out), "--no-progress",
+                  "--backend", "torch-mask")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    """A private cache directory (default tuning database) for one test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_x86_compile_writes_library_params_and_report(trained_run, tmp_path, cache):
+    out = tmp_path / "x86"
+    result = _run("-m", "mest.compile", str(trained_run), "--target", "x86", "--out", str(out),
+                  env_extra={"XDG_CACHE_HOME": str(cache)})
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert {p.name for p in out.iterdir()} == {"model.so", "params.npz", "report.json"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "x86" and report["compile_seconds"] > 0
+    assert list(report["phase_seconds"]) == ["import", "annotate", "fold", "lower", "legalize and fuse",
+                                             "tuning database", "build"]
+    assert "max |logit error|" in report["check"]
+    for layer in report["layers"]:
+        assert layer["kernel"] == "irregular" and layer["bytes_stored"] < layer["bytes_dense"]
+        assert layer["time_ms"] > 0
+    assert "irregular" in result.stdout and "bytes stored" in result.stdout
+    assert (cache / "mest-tvm" / "tune-db" / "meta.json").is_file()
+    with np.load(out / "params.npz") as params:
+        assert any(name.endswith("/values") for name in params.files)
+
+
+def test_arm_library_runs_under_the_emulator(trained_run, tmp_path, cache):
+    try:
+        get_target("arm64").require_tools(need_qemu=True)
+    except ToolchainMissingError as err:
+        pytest.skip(str(err))
+    out = tmp_path / "arm"
+    assert main([str(trained_run), "--target", "arm", "--session", "emulator", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"] == "arm64" and "emulator" in report["check"]
+    assert all(layer["time_ms"] is None for layer in report["layers"])  # emulated: no speed
+    assert (out / "model.so").read_bytes()[:4] == b"\x7fELF"
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_unknown_target(trained_run, capsys, cache):
+    assert main([str(trained_run), "--target", "riscv"]) == 2
+    assert "unknown target 'riscv'" in _one_error_line(capsys)
+
+
+def test_corrupt_checkpoint(tmp_path, capsys, cache):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert main([str(bad), "--target", "x86"]) == 2
+    assert "truncated or not a torch file" in _one_error_line(capsys)
+    assert bad.read_bytes() == b"not a checkpoint at all"
+
+
+def test_checkpoint_without_masks(trained_run, tmp_path, capsys, cache):
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    state["sparse"] = {**state["sparse"], "masks": {}, "schemes": {}}
+    path = tmp_path / "dense.pt"
+    save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
+    assert main([str(path), "--target", "x86"]) == 2
+    assert "has no masks" in _one_error_line(capsys)
+
+
+def test_missing_toolchain(trained_run, capsys, cache, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no cross-compiler can be found
+    assert main([str(trained_run), "--target", "armv7"]) == 2
+    line = _one_error_line(capsys)
+    assert "arm-linux-gnueabihf-g++" in line and "apt-get install" in line
+
+
+def test_corrupt_tuning_database_is_set_aside_with_a_warning(trained_run, tmp_path, capsys, cache):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "meta.json").write_text('{"format": "mest-tune-db", "version": 1, "tvm": "0.19.0"}')
+    (db / "database_workload.json").write_text("{ not json")
+    assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: tuning database" in err and "TVM 0.19.0" in err and "Traceback" not in err
+    aside = sorted(p.name for p in db.iterdir() if ".set-aside-" in p.name)
+    assert [name.split(".set-aside-")[0] for name in aside] == ["database_workload.json", "meta.json"]
+    assert (db / [n for n in aside if n.startswith("database_workload")][0]).read_text() == "{ not json"
