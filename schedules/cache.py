@@ -70,8 +70,8 @@ def tvm_target(name: str) -> tvm.target.Target:
     return devices_tvm_target(name)
 
 
-def build(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int, target: str, knobs: Knobs) -> Kernel:
-    """Build one kernel (no caching).
+def compile_kernel(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int, target: str, knobs: Knobs) -> Any:
+    """Compile one kernel to a ``tvm.runtime.Executable`` (function ``"main"``), no caching.
 
     Parameters
     ----------
@@ -90,12 +90,17 @@ def build(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: i
 
     Returns
     -------
-    Kernel
+    tvm.runtime.Executable
     """
+    func = primfunc(direction, fmt, tuple(x_shape), stride, knobs)
+    return tvm.compile(tvm.IRModule({"main": func}), target=tvm_target(target))
+
+
+def build(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int, target: str, knobs: Knobs) -> Kernel:
+    """Compile one kernel and load it in this process (no caching); arguments as :func:`compile_kernel`."""
     key = KernelKey(fmt.scheme, direction, tuple(fmt.weight_shape), tuple(x_shape), fmt.capacity, stride, target, knobs)
     start = time.perf_counter()
-    func = primfunc(direction, fmt, tuple(x_shape), stride, knobs)
-    executable = tvm.compile(tvm.IRModule({"main": func}), target=tvm_target(target))
+    executable = compile_kernel(fmt, direction, x_shape, stride, target, knobs)
     seconds = time.perf_counter() - start
     return Kernel(key, executable["main"], executable.mod, seconds)
 
