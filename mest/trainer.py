@@ -54,7 +54,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, out_dir: Path, dataset: Dataset | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, checkpoint: Checkpoint | None = None) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
@@ -75,27 +75,35 @@ class Trainer:
         self.epoch = 0
         self.ranking_in = (load_ranking(Path(config.ranking_in), len(self.data.train))
                            if config.ranking_in else None)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        if config.backend == "tvm":
+            from mest.compact import to_compact
+
+            to_compact(self.model, self.sparse, self.optimizer)
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True) -> "Trainer":
         """A trainer in the state a checkpoint recorded, writing into the checkpoint's directory."""
-        trainer = cls(checkpoint.config, checkpoint.path.parent, dataset=dataset, progress=progress)
-        if trainer.spec != checkpoint.model_spec:
+        return cls(checkpoint.config, checkpoint.path.parent, dataset=dataset, progress=progress,
+                   checkpoint=checkpoint)
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        if self.spec != checkpoint.model_spec:
             raise CheckpointError(f"checkpoint {checkpoint.path} was trained on other data ({checkpoint.model_spec})")
         state = checkpoint.state
         try:
-            trainer.model.load_state_dict(state["model"])
-            trainer.sparse = SparseState.from_state_dict(state["sparse"])
-            trainer.optimizer.load_state_dict(state["optimizer"])
-            trainer.scheduler.load_state_dict(state["scheduler"])
-            trainer.forgetting = ForgettingStats.from_state_dict(state["forgetting"])
-            trainer.kept_examples = state["kept_examples"].long()
-            trainer.history = list(state["history"])
+            self.model.load_state_dict(state["model"])
+            self.sparse = SparseState.from_state_dict(self.model, state["sparse"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.forgetting = ForgettingStats.from_state_dict(state["forgetting"])
+            self.kept_examples = state["kept_examples"].long()
+            self.history = list(state["history"])
             torch.set_rng_state(state["rng"]["torch"])
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: {str(err).splitlines()[0]}") from None
-        trainer.epoch = checkpoint.epoch
-        return trainer
+        self.epoch = checkpoint.epoch
 
     # -- one run ---------------------------------------------------------------------------
     def run(self) -> dict:
@@ -153,9 +161,9 @@ class Trainer:
             loss = F.cross_entropy(logits, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.sparse.apply_to_grads(self.model)
+            self.sparse.apply_to_grads()
             self.optimizer.step()
-            self.sparse.apply_to_weights(self.model)
+            self.sparse.apply_to_weights()
             correct = logits.detach().argmax(dim=1) == labels
             self.forgetting.update(indices, correct)
             loss_sum += loss.item() * len(labels)
@@ -176,11 +184,17 @@ class Trainer:
 
     # -- outputs ---------------------------------------------------------------------------
     def state(self) -> dict:
-        """The checkpoint payload (plain types and tensors)."""
+        """The checkpoint payload (plain types and tensors), the same for every backend."""
+        if self.config.backend == "tvm":
+            from mest.compact import dense_equivalent_state
+
+            model_state, optimizer_state = dense_equivalent_state(self.model, self.sparse, self.optimizer)
+        else:
+            model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
         return {
             "config": self.config.to_dict(), "model_spec": asdict(self.spec), "epoch": self.epoch,
-            "model": self.model.state_dict(), "sparse": self.sparse.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "model": model_state, "sparse": self.sparse.state_dict(),
+            "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
             "forgetting": self.forgetting.state_dict(), "kept_examples": self.kept_examples,
             "history": self.history, "rng": {"torch": torch.get_rng_state()},
         }
