@@ -249,9 +249,7 @@ class EmulatorSession(Session):
             _kill(pid)
 
     def _peer_gone(self, err: BaseException) -> bool:
-        qemu_died = any(not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-                        for pid in self._qemu_pids)
-        return qemu_died or super()._peer_gone(err)
+        return any(not _running(pid) for pid in self._qemu_pids) or super()._peer_gone(err)
 
     def _load_runtime_module(self, lib: Any, name: str) -> Any:
         # A pipe session has no work directory to upload to; qemu shares this file system.
@@ -263,6 +261,13 @@ class EmulatorSession(Session):
         self._rpc = None
         for pid in self._qemu_pids:
             _kill(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _kill(pid: int) -> None:

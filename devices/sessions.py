@@ -70,7 +70,7 @@ def one_line(text: str, limit: int = 300) -> str:
     return squeezed[:limit] if squeezed else "no message"
 
 
-def _first_line(err: BaseException) -> str:
+def _error_summary(err: BaseException) -> str:
     return one_line(str(err)) if str(err).strip() else type(err).__name__
 
 
@@ -186,9 +186,9 @@ class Session(abc.ABC):
         if self._peer_gone(err):
             self._lost(f"connection lost during {what}")
             return SessionClosedError(
-                f"{what}: {self.describe()} lost its server (killed or crashed): {_first_line(err)}"
+                f"{what}: {self.describe()} lost its server (killed or crashed): {_error_summary(err)}"
             )
-        return DeviceError(f"{what} failed on {self.describe()}: {_first_line(err)}")
+        return DeviceError(f"{what} failed on {self.describe()}: {_error_summary(err)}")
 
     def _lost(self, reason: str) -> None:
         if self._closed_reason is None:

@@ -11,6 +11,7 @@ import functools
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,30 @@ def tvm_target(name: str | TargetSpec) -> tvm.target.Target:
     return tvm.target.Target(get_target(name).tvm_target)
 
 
+def link_function(target_name: str | TargetSpec) -> Callable[..., None] | None:
+    """Return the ``fcompile`` that links shared libraries for a target (None: the host's own).
+
+    For ``export_library(path, fcompile=...)`` or MetaSchedule's builders.
+
+    Parameters
+    ----------
+    target_name : str or TargetSpec
+        The target.
+
+    Returns
+    -------
+    callable or None
+
+    Raises
+    ------
+    ToolchainMissingError
+        When the cross-compiler is not installed (the message names the Debian packages).
+    """
+    spec = get_target(target_name)
+    spec.require_tools(need_qemu=False)
+    return None if spec.cross_compiler is None else cc.cross_compiler(spec.cross_compiler)
+
+
 def export_library(lib: Any, path: str | os.PathLike, target_name: str | TargetSpec) -> Path:
     """Write a built module as a shared library for a target, cross-linking for ARM.
 
@@ -260,13 +285,11 @@ def export_library(lib: Any, path: str | os.PathLike, target_name: str | TargetS
         When linking fails.
     """
     spec = get_target(target_name)
-    spec.require_tools(need_qemu=False)
+    fcompile = link_function(spec)
+    options = {} if fcompile is None else {"fcompile": fcompile}
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    options = {} if spec.cross_compiler is None else {
-        "fcompile": cc.cross_compiler(spec.cross_compiler)
-    }
     try:
         lib.export_library(str(tmp), **options)
         os.replace(tmp, path)
