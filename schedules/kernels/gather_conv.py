@@ -2,7 +2,8 @@
 
 Each output row (filter, 4-filter group, or input channel for grad-input) is a sum over its entries of
 value x shifted source plane. The schedule follows what measured fast on this machine
-(``shared/notes/tvm.md``): parallel over the batch; each image is first copied, vectorised, into a
+(``shared/notes/tvm.md``): parallel over the batch (and over parts of the output channels when the
+batch is too small to feed every thread); each image is first copied, vectorised, into a
 per-thread padded scratch (:mod:`schedules.kernels.scratch`); the row-tile loop sits outside the
 output-channel loop (knob ``tile_outer``); a ``group x rows x width`` accumulator lives in a small
 stack buffer that LLVM keeps in registers, updated by broadcast-FMA over contiguous columns; indices
@@ -21,10 +22,22 @@ from tvm.script.ir_builder.tirx import ir as T
 from schedules.kernels.entries import Entries
 from schedules.kernels.knobs import Knobs, resolve_gather
 from schedules.kernels.scratch import Scratch
+from schedules.threads import num_threads
 
 
 def _declare(name: str, shape: tuple[int, ...], dtype: str) -> tirx.Buffer:
     return T.arg(name, T.buffer(shape, dtype, buffer_name=name))
+
+
+def parallel_splits(batch: int, rows: int, threads: int) -> int:
+    """Parts the output rows are split into so a small batch still feeds every thread.
+
+    With at least 4 images per thread the batch alone is split (1 part); otherwise the rows are cut
+    into the largest divisor of ``rows`` not above ``ceil(4 * threads / batch)`` parts, each of which
+    pads its own copy of the image.
+    """
+    wanted = -(-4 * threads // batch)
+    return max(d for d in range(1, min(rows, wanted) + 1) if rows % d == 0)
 
 
 def tap_offsets(walk: Entries, buffers: dict[str, tirx.Buffer], scratch: Scratch) -> tirx.Buffer:
@@ -74,6 +87,8 @@ def gather_conv(
     group, taps = walk.group, walk.taps
     k = resolve_gather(knobs or Knobs(), out_height, out_width, group)
     rows, width = k.rows, k.width
+    splits = parallel_splits(batch, walk.rows, num_threads())
+    rows_per_part = walk.rows // splits
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name(name)
@@ -83,13 +98,14 @@ def gather_conv(
             out = _declare("out", out_shape, "float32")
             values = buffers["values"]
             offsets = tap_offsets(walk, buffers, scratch)
-            with T.parallel(0, batch) as n:
+            with T.parallel(0, batch * splits) as job:
+                n, part = job // splits, job % splits
                 pad = T.alloc_buffer((scratch.size,), "float32")
                 scratch.fill(src, n, pad, 0)
-                outer = (out_height // rows, walk.rows) if k.tile_outer else (walk.rows, out_height // rows)
+                outer = (out_height // rows, rows_per_part) if k.tile_outer else (rows_per_part, out_height // rows)
                 with T.serial(0, outer[0]) as a:
                     with T.serial(0, outer[1]) as b:
-                        tile, row = (a, b) if k.tile_outer else (b, a)
+                        tile, row = (a, part * rows_per_part + b) if k.tile_outer else (b, part * rows_per_part + a)
                         with T.serial(0, out_width // width) as wt:
                             acc = T.alloc_buffer((group * rows * width,), "float32")
                             with T.unroll(0, group * rows) as gr:

@@ -32,6 +32,8 @@ class Knobs:
         Vector width of the grad-weight accumulators (``rows`` of them per gradient, independent).
     chunks : int
         Parallel batch slices of the grad-weight kernel.
+    images : int
+        Images whose products a grad-weight accumulator sums before its horizontal reduction.
     """
 
     rows: int = 0
@@ -39,6 +41,7 @@ class Knobs:
     tile_outer: bool = True
     lanes: int = 0
     chunks: int = 0
+    images: int = 0
 
     def to_json(self) -> dict:
         """Plain dict for the tuning database."""
@@ -67,20 +70,22 @@ def resolve_gather(knobs: Knobs, out_height: int, out_width: int, group: int) ->
     width = _largest_divisor_at_most(out_width, knobs.width or 32)
     rows_limit = knobs.rows or max(1, REGISTER_FLOATS // (width * group))
     rows = _largest_divisor_at_most(out_height, rows_limit)
-    return replace(knobs, rows=rows, width=width)
+    return replace(knobs, rows=rows, width=width, lanes=0, chunks=0, images=0)
 
 
 def resolve_grad_weight(knobs: Knobs, out_height: int, out_width: int, batch: int, streams: int, threads: int) -> Knobs:
     """Concrete grad-weight knobs for ``streams`` (group x taps) gradients per entry.
 
     ``lanes`` divides the output width, ``rows`` (independent accumulator rows, to hide FMA latency)
-    divides the output height, ``chunks`` divides the batch.
+    divides the output height, ``chunks`` divides the batch and ``images`` (by default enough for
+    256 output pixels per reduction) divides the images of a chunk.
     """
     lanes = _largest_divisor_at_most(out_width, knobs.lanes or 16)
     rows_limit = knobs.rows or max(1, (REGISTER_FLOATS * 2 // 3) // (lanes * streams))
     rows = _largest_divisor_at_most(out_height, rows_limit)
     chunks = _largest_divisor_at_most(batch, knobs.chunks or threads)
-    return replace(knobs, rows=rows, lanes=lanes, chunks=chunks, width=0, tile_outer=True)
+    images = _largest_divisor_at_most(batch // chunks, knobs.images or max(1, 256 // (out_height * out_width)))
+    return replace(knobs, rows=rows, lanes=lanes, chunks=chunks, images=images, width=0, tile_outer=True)
 
 
 def gather_space(out_height: int, out_width: int, group: int) -> list[Knobs]:
@@ -95,7 +100,7 @@ def gather_space(out_height: int, out_width: int, group: int) -> list[Knobs]:
 def grad_weight_space(out_height: int, out_width: int, batch: int, streams: int, threads: int) -> list[Knobs]:
     """Distinct resolved grad-weight knobs worth measuring."""
     space = {
-        resolve_grad_weight(Knobs(rows=rows, lanes=lanes, chunks=chunks), out_height, out_width, batch, streams, threads)
-        for rows, lanes, chunks in itertools.product((1, 2, 4), (8, 16, 32), (threads, 2 * threads))
+        resolve_grad_weight(Knobs(rows=rows, lanes=lanes, chunks=chunks, images=images), out_height, out_width, batch, streams, threads)
+        for rows, lanes, chunks, images in itertools.product((1, 2, 4), (8, 16, 32), (threads, 2 * threads), (1, 2, 4, 8))
     }
-    return sorted((k for k in space if k.rows * k.lanes * streams <= 2 * REGISTER_FLOATS), key=lambda k: (k.rows, k.lanes, k.chunks))
+    return sorted((k for k in space if k.rows * k.lanes * streams <= 2 * REGISTER_FLOATS), key=lambda k: (k.rows, k.lanes, k.chunks, k.images))

@@ -4,9 +4,9 @@
 the format's kept positions ``(o, i, kh, kw)``: no dense weight gradient ever exists, which is what
 makes MEST's training memory-economic.
 
-Schedule: the batch is split into ``chunks`` parallel slices; each slice copies its images one at a
-time into a per-thread padded scratch (the forward kernel's layout) and, for every entry, accumulates
-``rows x lanes`` independent vector accumulators of products over the output plane (the ``dy`` plane of the row stays in L1
+Schedule: the batch is split into ``chunks`` parallel slices; each slice copies its images ``images``
+at a time into a per-thread padded scratch (the forward kernel's layout) and, for every entry, accumulates
+``rows x lanes`` independent vector accumulators of products over those images' output planes (the ``dy`` plane of the row stays in L1
 across the row's entries), then adds their horizontal sum to the slice's partial gradient. The
 partials are summed at the end; slots that belong to no row (capacity padding) come out as zero.
 """
@@ -66,7 +66,7 @@ def sampled_grad(
     out_height, out_width = y_shape[2:]
     group, taps = walk.group, walk.taps
     k = resolve_grad_weight(knobs or Knobs(), out_height, out_width, batch, group * taps, num_threads())
-    lanes, chunks, rows = k.lanes, k.chunks, k.rows
+    lanes, chunks, rows, images = k.lanes, k.chunks, k.rows, k.images
     per_chunk = batch // chunks
     zero = tirx.const(0.0, "float32")
     with IRBuilder() as builder:
@@ -82,10 +82,11 @@ def sampled_grad(
             with T.parallel(0, chunks) as p:
                 with T.serial(0, capacity) as s:
                     T.buffer_store(partial, zero, [p * capacity + s])
-                pad = T.alloc_buffer((scratch.size,), "float32")
-                with T.serial(0, per_chunk) as nn:
-                    n = p * per_chunk + nn
-                    scratch.fill(x, n, pad, 0)
+                pad = T.alloc_buffer((images * scratch.size,), "float32")
+                with T.serial(0, per_chunk // images) as block:
+                    first_image = p * per_chunk + block * images
+                    for i in range(images):
+                        scratch.fill(x, first_image + i, pad, i * scratch.size)
                     with T.serial(0, walk.rows) as row:
                         begin, end = walk.row_range(buffers, row)
                         with T.serial(begin, end) as e:
@@ -93,21 +94,22 @@ def sampled_grad(
                             with T.unroll(0, group * taps * rows) as gtr:
                                 with T.vectorized(0, lanes) as w:
                                     T.buffer_store(acc, zero, [gtr * lanes + w])
-                            with T.serial(0, out_height // rows) as ht:
-                                with T.serial(0, out_width // lanes) as wt:
-                                    for t in range(taps):
-                                        at = offsets[e * taps + t] + ht * rows * scratch.row_stride + wt * lanes
-                                        for g in range(group):
-                                            with T.unroll(0, rows) as r:
-                                                with T.vectorized(0, lanes) as w:
-                                                    slot = ((g * taps + t) * rows + r) * lanes + w
-                                                    grad = dy[n, row * group + g, ht * rows + r, wt * lanes + w]
-                                                    T.buffer_store(acc, acc[slot] + grad * pad[at + r * scratch.row_stride + w], [slot])
+                            with T.serial(0, images) as i:
+                                with T.serial(0, out_height // rows) as ht:
+                                    with T.serial(0, out_width // lanes) as wt:
+                                        for t in range(taps):
+                                            at = i * scratch.size + offsets[e * taps + t] + ht * rows * scratch.row_stride + wt * lanes
+                                            for g in range(group):
+                                                with T.unroll(0, rows) as r:
+                                                    with T.vectorized(0, lanes) as w:
+                                                        slot = ((g * taps + t) * rows + r) * lanes + w
+                                                        grad = dy[first_image + i, row * group + g, ht * rows + r, wt * lanes + w]
+                                                        T.buffer_store(acc, acc[slot] + grad * pad[at + r * scratch.row_stride + w], [slot])
                             for t in range(taps):
                                 for g in range(group):
                                     target = p * capacity + walk.value_slot(buffers, e, t, g)
                                     first = (g * taps + t) * rows * lanes
-                                    lane_sum = _tree_sum([acc[first + i] for i in range(rows * lanes)])
+                                    lane_sum = _tree_sum([acc[first + j] for j in range(rows * lanes)])
                                     T.buffer_store(partial, partial[target] + lane_sum, [target])
             with T.serial(0, capacity) as s:
                 total = partial[s]
