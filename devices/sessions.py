@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import re
 import shutil
 import tempfile
 import threading
@@ -39,6 +40,8 @@ DEFAULT_CALL_TIMEOUT_S = 120.0
 SESSION_KINDS = ("local", "rpc", "tracker:HOST:PORT:KEY", "emulator")
 #: What TVM raises for a failed call (tvm_ffi maps the C++ error kinds to these built-ins).
 _REMOTE_FAILURES = (RuntimeError, OSError, ValueError, TypeError, IndexError, KeyError)
+#: A frame of a C++ backtrace in a TVM error ("12: tvm::runtime::...").
+_FRAME = re.compile(r"^\d+: ")
 #: Words in TVM's errors that mean the other end of the connection is gone.
 _CONNECTION_LOST_MARKERS = (
     "kShutdown", "SockChannel", "Broken pipe", "Connection reset", "Pipe read error",
@@ -63,7 +66,7 @@ def one_line(text: str, limit: int = 300) -> str:
     kept = []
     for line in text.splitlines():
         line = line.strip()
-        if not line or line.startswith(("Traceback", "File ", "File:")) or line[:1].isdigit():
+        if not line or line.startswith(("Traceback", "File ", "File:")) or _FRAME.match(line):
             continue
         kept.append(line.removeprefix("RPCError: Error caught from RPC call:").strip())
     squeezed = " ".join(part for part in kept if part)
@@ -112,7 +115,7 @@ class Session(abc.ABC):
 
     @abc.abstractmethod
     def _load_runtime_module(self, lib: Any, name: str) -> Any:
-        """Return the runtime module of ``lib`` on this session's device (guarded by callers)."""
+        """Export / upload ``lib`` as the session needs and return its runtime module."""
 
     def _abort(self) -> None:
         """Cut the connection so that a blocked call returns (called from the watchdog thread)."""
@@ -170,19 +173,19 @@ class Session(abc.ABC):
             raise self._translate(what, timeout_s, expired.is_set(), err) from err
         finally:
             watchdog.cancel()
-        if expired.is_set():
-            self._lost(f"{what} exceeded {timeout_s:g} s")
-            raise RemoteTimeoutError(
-                f"{what} on {self.describe()} did not answer within {timeout_s:g} s; session aborted"
-            )
+        if expired.is_set():  # the call returned just as the watchdog cut the connection
+            raise self._timed_out(what, timeout_s)
+
+    def _timed_out(self, what: str, timeout_s: float) -> RemoteTimeoutError:
+        self._lost(f"{what} exceeded {timeout_s:g} s")
+        return RemoteTimeoutError(
+            f"{what} on {self.describe()} did not answer within {timeout_s:g} s; session aborted"
+        )
 
     def _translate(self, what: str, timeout_s: float, expired: bool,
                    err: BaseException) -> DeviceError:
         if expired:
-            self._lost(f"{what} exceeded {timeout_s:g} s")
-            return RemoteTimeoutError(
-                f"{what} on {self.describe()} did not answer within {timeout_s:g} s; session aborted"
-            )
+            return self._timed_out(what, timeout_s)
         if self._peer_gone(err):
             self._lost(f"connection lost during {what}")
             return SessionClosedError(
