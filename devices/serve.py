@@ -110,6 +110,13 @@ def _serve_tracker(args: argparse.Namespace, port: int, port_end: int) -> int:
     return _wait(state.thread)
 
 
+def _skip_torch() -> None:
+    # tvm_ffi imports torch, if installed, only to speed up DLPack hand-over with it; a server
+    # never hands tensors to torch, and torch doubles its start-up time. A None entry in
+    # sys.modules makes "import torch" raise ImportError, which tvm_ffi handles.
+    sys.modules.setdefault("torch", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the server (or tracker) until killed.
 
@@ -124,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         Exit status.
     """
     args = build_parser().parse_args(argv)
+    _skip_torch()
     if args.tracker and not args.key:
         build_parser().error("--tracker needs --key (the name the tracker lists this device under)")
     if args.stop_with_parent:
