@@ -37,6 +37,7 @@ from .targets import TargetSpec, export_library, get_target
 from .timing import Timing
 
 DEFAULT_CALL_TIMEOUT_S = 120.0
+ABORT_RETRY_S = 0.25
 SESSION_KINDS = ("local", "rpc", "tracker:HOST:PORT:KEY", "emulator")
 #: What TVM raises for a failed call (tvm_ffi maps the C++ error kinds to these built-ins).
 _REMOTE_FAILURES = (RuntimeError, OSError, ValueError, TypeError, IndexError, KeyError)
@@ -155,16 +156,10 @@ class Session(abc.ABC):
         if self._closed_reason is not None:
             raise SessionClosedError(f"{what}: {self.describe()} is closed ({self._closed_reason})")
         timeout_s = self.call_timeout_s if timeout_s is None else timeout_s
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            self._abort()
-
-        watchdog = threading.Timer(timeout_s, expire)
-        watchdog.daemon = True
+        expired, finished = threading.Event(), threading.Event()
         if self.remote:
-            watchdog.start()
+            threading.Thread(target=self._watch, args=(timeout_s, expired, finished),
+                             name=f"watchdog: {what}", daemon=True).start()
         try:
             yield
         except _REMOTE_FAILURES as err:
@@ -172,9 +167,19 @@ class Session(abc.ABC):
                 raise
             raise self._translate(what, timeout_s, expired.is_set(), err) from err
         finally:
-            watchdog.cancel()
+            finished.set()
         if expired.is_set():  # the call returned just as the watchdog cut the connection
             raise self._timed_out(what, timeout_s)
+
+    def _watch(self, timeout_s: float, expired: threading.Event,
+               finished: threading.Event) -> None:
+        if finished.wait(timeout_s):
+            return
+        expired.set()
+        # Cut again until the call returns: a connection may not exist yet at the first cut.
+        while not finished.is_set():
+            self._abort()
+            finished.wait(ABORT_RETRY_S)
 
     def _timed_out(self, what: str, timeout_s: float) -> RemoteTimeoutError:
         self._lost(f"{what} exceeded {timeout_s:g} s")
