@@ -484,3 +484,36 @@ def pack(scheme: str, weight: torch.Tensor, mask: torch.Tensor, capacity: int | 
     """
     _check_inputs(scheme, weight, mask)
     return _PACKERS[scheme](weight, mask, capacity)
+
+
+def transfer(slots: torch.Tensor, source: SparseFormat, target: SparseFormat) -> torch.Tensor:
+    """Move a per-slot tensor (values, momentum) from one format's slots to another's, by position.
+
+    Weights kept by both formats carry their value over; positions only ``target`` keeps (regrown
+    weights) and padding slots get 0. Used at a mask mutation, when a dense temporary is allowed.
+
+    Parameters
+    ----------
+    slots : torch.Tensor
+        1-D tensor of ``source.capacity`` entries.
+    source, target : SparseFormat
+        Formats of the same weight shape.
+
+    Returns
+    -------
+    torch.Tensor
+        1-D tensor of ``target.capacity`` entries, same dtype as ``slots``.
+    """
+    if source.weight_shape != target.weight_shape:
+        raise SparseFormatError(f"cannot transfer between weight shapes {list(source.weight_shape)} and {list(target.weight_shape)}")
+    if slots.shape != (source.capacity,):
+        raise SparseFormatError(f"slots must have shape [{source.capacity}], got {list(slots.shape)}")
+    dense = torch.zeros(int(np.prod(source.weight_shape)), dtype=slots.dtype)
+    from_index = source.dense_index()
+    kept = from_index >= 0
+    dense[from_index[kept]] = slots.detach()[kept]
+    to_index = target.dense_index()
+    out = torch.zeros(target.capacity, dtype=slots.dtype)
+    valid = to_index >= 0
+    out[valid] = dense[to_index[valid]]
+    return out

@@ -34,6 +34,8 @@ class Knobs:
         Parallel batch slices of the grad-weight kernel.
     images : int
         Images whose products a grad-weight accumulator sums before its horizontal reduction.
+    unroll : int
+        Entries of a row the grad-weight kernel correlates together (sharing the ``dy`` loads).
     """
 
     rows: int = 0
@@ -42,6 +44,7 @@ class Knobs:
     lanes: int = 0
     chunks: int = 0
     images: int = 0
+    unroll: int = 0
 
     def to_json(self) -> dict:
         """Plain dict for the tuning database."""
@@ -70,7 +73,7 @@ def resolve_gather(knobs: Knobs, out_height: int, out_width: int, group: int) ->
     width = _largest_divisor_at_most(out_width, knobs.width or 32)
     rows_limit = knobs.rows or max(1, REGISTER_FLOATS // (width * group))
     rows = _largest_divisor_at_most(out_height, rows_limit)
-    return replace(knobs, rows=rows, width=width, lanes=0, chunks=0, images=0)
+    return replace(knobs, rows=rows, width=width, lanes=0, chunks=0, images=0, unroll=0)
 
 
 def resolve_grad_weight(knobs: Knobs, out_height: int, out_width: int, batch: int, streams: int, threads: int) -> Knobs:
@@ -81,11 +84,12 @@ def resolve_grad_weight(knobs: Knobs, out_height: int, out_width: int, batch: in
     256 output pixels per reduction) divides the images of a chunk.
     """
     lanes = _largest_divisor_at_most(out_width, knobs.lanes or 16)
-    rows_limit = knobs.rows or max(1, (REGISTER_FLOATS * 2 // 3) // (lanes * streams))
+    unroll = knobs.unroll or (4 if streams == 1 else 1)
+    rows_limit = knobs.rows or max(1, (REGISTER_FLOATS * 2 // 3) // (lanes * streams * unroll))
     rows = _largest_divisor_at_most(out_height, rows_limit)
     chunks = _largest_divisor_at_most(batch, knobs.chunks or threads)
     images = _largest_divisor_at_most(batch // chunks, knobs.images or max(1, 256 // (out_height * out_width)))
-    return replace(knobs, rows=rows, lanes=lanes, chunks=chunks, images=images, width=0, tile_outer=True)
+    return replace(knobs, rows=rows, lanes=lanes, chunks=chunks, images=images, unroll=unroll, width=0, tile_outer=True)
 
 
 def gather_space(out_height: int, out_width: int, group: int) -> list[Knobs]:
@@ -100,7 +104,8 @@ def gather_space(out_height: int, out_width: int, group: int) -> list[Knobs]:
 def grad_weight_space(out_height: int, out_width: int, batch: int, streams: int, threads: int) -> list[Knobs]:
     """Distinct resolved grad-weight knobs worth measuring."""
     space = {
-        resolve_grad_weight(Knobs(rows=rows, lanes=lanes, chunks=chunks, images=images), out_height, out_width, batch, streams, threads)
-        for rows, lanes, chunks, images in itertools.product((1, 2, 4), (8, 16, 32), (threads, 2 * threads), (1, 2, 4, 8))
+        resolve_grad_weight(Knobs(rows=rows, lanes=lanes, chunks=chunks, images=images, unroll=unroll), out_height, out_width, batch, streams, threads)
+        for rows, lanes, chunks, images, unroll in itertools.product((1, 2, 4), (8, 16), (threads, 2 * threads), (1, 2, 4, 8), (1, 2, 4))
     }
-    return sorted((k for k in space if k.rows * k.lanes * streams <= 2 * REGISTER_FLOATS), key=lambda k: (k.rows, k.lanes, k.chunks, k.images))
+    fits = (k for k in space if k.rows * k.lanes * streams * k.unroll <= REGISTER_FLOATS)
+    return sorted(fits, key=lambda k: (k.rows, k.lanes, k.chunks, k.images, k.unroll))

@@ -6,12 +6,14 @@ makes MEST's training memory-economic.
 
 Schedule: the batch is split into ``chunks`` parallel slices; each slice copies its images ``images``
 at a time into a per-thread padded scratch (the forward kernel's layout) and, for every entry, accumulates
-``rows x lanes`` independent vector accumulators of products over those images' output planes (the ``dy`` plane of the row stays in L1
-across the row's entries), then adds their horizontal sum to the slice's partial gradient. The
+``rows x lanes`` independent vector accumulators of products over those images' output planes (``unroll`` entries of a row at a time
+share each ``dy`` load), then adds their horizontal sum to the slice's partial gradient. The
 partials are summed at the end; slots that belong to no row (capacity padding) come out as zero.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
@@ -29,6 +31,54 @@ def _tree_sum(terms: list[Expr]) -> Expr:
     while len(terms) > 1:
         terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """Emits the correlation of a few entries of one row over a block of images."""
+
+    walk: Entries
+    buffers: dict
+    offsets: tirx.Buffer
+    scratch: Scratch
+    dy: tirx.Buffer
+    pad: tirx.Buffer
+    partial: tirx.Buffer
+    partial_base: Expr
+    first_image: Expr
+    row: Expr
+    knobs: Knobs
+
+    def emit(self, es: list[Expr]) -> None:
+        """Accumulate ``dL/dw`` of entries ``es`` (which share the row's ``dy`` loads) into ``partial``."""
+        walk, scratch, k = self.walk, self.scratch, self.knobs
+        group, taps, rows, lanes = walk.group, walk.taps, k.rows, k.lanes
+        out_height, out_width = self.dy.shape[2], self.dy.shape[3]
+        streams = len(es) * group * taps
+        zero = tirx.const(0.0, "float32")
+        acc = T.alloc_buffer((streams * rows * lanes,), "float32")
+        with T.unroll(0, streams * rows) as sr:
+            with T.vectorized(0, lanes) as w:
+                T.buffer_store(acc, zero, [sr * lanes + w])
+        with T.serial(0, k.images) as i:
+            with T.serial(0, out_height // rows) as ht:
+                with T.serial(0, out_width // lanes) as wt:
+                    for u, e in enumerate(es):
+                        for t in range(taps):
+                            at = i * scratch.size + self.offsets[e * taps + t] + ht * rows * scratch.row_stride + wt * lanes
+                            for g in range(group):
+                                with T.unroll(0, rows) as r:
+                                    with T.vectorized(0, lanes) as w:
+                                        slot = (((u * group + g) * taps + t) * rows + r) * lanes + w
+                                        grad = self.dy[self.first_image + i, self.row * group + g, ht * rows + r, wt * lanes + w]
+                                        T.buffer_store(acc, acc[slot] + grad * self.pad[at + r * scratch.row_stride + w], [slot])
+        for u, e in enumerate(es):
+            for t in range(taps):
+                for g in range(group):
+                    target = self.partial_base + walk.value_slot(self.buffers, e, t, g)
+                    first = ((u * group + g) * taps + t) * rows * lanes
+                    lane_sum = _tree_sum([acc[first + j] for j in range(rows * lanes)])
+                    T.buffer_store(self.partial, self.partial[target] + lane_sum, [target])
 
 
 def sampled_grad(
@@ -66,7 +116,7 @@ def sampled_grad(
     out_height, out_width = y_shape[2:]
     group, taps = walk.group, walk.taps
     k = resolve_grad_weight(knobs or Knobs(), out_height, out_width, batch, group * taps, num_threads())
-    lanes, chunks, rows, images = k.lanes, k.chunks, k.rows, k.images
+    chunks, images, unroll = k.chunks, k.images, k.unroll
     per_chunk = batch // chunks
     zero = tirx.const(0.0, "float32")
     with IRBuilder() as builder:
@@ -89,28 +139,16 @@ def sampled_grad(
                         scratch.fill(x, first_image + i, pad, i * scratch.size)
                     with T.serial(0, walk.rows) as row:
                         begin, end = walk.row_range(buffers, row)
-                        with T.serial(begin, end) as e:
-                            acc = T.alloc_buffer((group * taps * rows * lanes,), "float32")
-                            with T.unroll(0, group * taps * rows) as gtr:
-                                with T.vectorized(0, lanes) as w:
-                                    T.buffer_store(acc, zero, [gtr * lanes + w])
-                            with T.serial(0, images) as i:
-                                with T.serial(0, out_height // rows) as ht:
-                                    with T.serial(0, out_width // lanes) as wt:
-                                        for t in range(taps):
-                                            at = i * scratch.size + offsets[e * taps + t] + ht * rows * scratch.row_stride + wt * lanes
-                                            for g in range(group):
-                                                with T.unroll(0, rows) as r:
-                                                    with T.vectorized(0, lanes) as w:
-                                                        slot = ((g * taps + t) * rows + r) * lanes + w
-                                                        grad = dy[first_image + i, row * group + g, ht * rows + r, wt * lanes + w]
-                                                        T.buffer_store(acc, acc[slot] + grad * pad[at + r * scratch.row_stride + w], [slot])
-                            for t in range(taps):
-                                for g in range(group):
-                                    target = p * capacity + walk.value_slot(buffers, e, t, g)
-                                    first = (g * taps + t) * rows * lanes
-                                    lane_sum = _tree_sum([acc[first + j] for j in range(rows * lanes)])
-                                    T.buffer_store(partial, partial[target] + lane_sum, [target])
+                        plane = _Plane(walk, buffers, offsets, scratch, dy, pad, partial, p * capacity, first_image, row, k)
+                        if unroll > 1:
+                            blocks = (end - begin) // unroll
+                            with T.serial(0, blocks) as j:
+                                plane.emit([begin + j * unroll + u for u in range(unroll)])
+                            with T.serial(begin + blocks * unroll, end) as e:
+                                plane.emit([e])
+                        else:
+                            with T.serial(begin, end) as e:
+                                plane.emit([e])
             with T.serial(0, capacity) as s:
                 total = partial[s]
                 for c in range(1, chunks):

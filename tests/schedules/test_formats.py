@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from schedules.errors import SparseFormatError
-from schedules.formats import SCHEMES, pack
+from schedules.formats import SCHEMES, pack, transfer
 
 SHAPES = [(4, 3, 3, 3), (8, 16, 3, 3), (12, 33, 3, 3), (64, 32, 3, 3)]
 
@@ -87,3 +87,15 @@ def test_unbalanced_pattern_is_refused(make_mask):
     mask[0] = False
     with pytest.raises(SparseFormatError, match="kernel counts"):
         pack("pattern", torch.randn(4, 8, 3, 3), mask)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_transfer_moves_slots_by_position(scheme, make_mask):
+    generator = torch.Generator().manual_seed(6)
+    shape = (8, 8, 3, 3)
+    weight = torch.randn(shape, generator=generator)
+    old = pack(scheme, weight, make_mask(scheme, shape, 0.3, generator))
+    new_mask = make_mask(scheme, shape, 0.3, generator)
+    new = pack(scheme, torch.zeros(shape), new_mask, capacity=int(new_mask.sum()) + 36)
+    moved = transfer(old.values, old, new)
+    assert torch.equal(new.with_values(moved).to_dense(), weight * old.to_mask() * new_mask)
