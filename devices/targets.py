@@ -294,14 +294,20 @@ def export_library(lib: Any, path: str | os.PathLike, target_name: str | TargetS
         lib.export_library(str(tmp), **options)
         os.replace(tmp, path)
     except RuntimeError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DeviceError(
-            f"linking {path.name} for target {spec.name!r} failed: {first_line}"
+            f"linking {path.name} for target {spec.name!r} failed: {_linker_complaint(str(err))} "
+            f"(was it compiled with tvm_target({spec.name!r})?)"
         ) from err
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _linker_complaint(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines[1:] if "error" in line.lower()]
+    return (errors or lines or ["no message"])[0][:200]
 
 
 def with_cross_compiler(name: str | TargetSpec, cross_compiler: str) -> TargetSpec:

@@ -94,3 +94,11 @@ def test_vectorised_arm_code_uses_neon(target: str):
     # armv7 NEON: v<op>.f32 on q registers; aarch64 NEON (AdvSIMD): <op> v<n>.4s.
     neon = r"\bv\w+\.f32\s+q\d+" if target == "armv7" else r"\b\w+\s+v\d+\.4s"
     assert re.search(neon, assembly), f"no NEON instruction in the {target} assembly"
+
+
+def test_linking_for_the_wrong_target_is_a_one_line_error(tmp_path: Path):
+    lib = tvm.compile(build_matmul_case().module, target=tvm_target("arm64"))
+    with pytest.raises(DeviceError, match="linking matmul.so for target 'x86' failed") as raised:
+        export_library(lib, tmp_path / "matmul.so", "x86")
+    assert "\n" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
