@@ -17,6 +17,7 @@ take) prints one ``error:`` line and exits with code 2. A corrupt tuning databas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -71,17 +72,28 @@ def _print_report(report: dict) -> None:
         print(f"check vs PyTorch eval: {report['check']}")
 
 
+def _dense_runner(session_kind: str):
+    """MetaSchedule runner measuring dense candidates where the session's device is."""
+    if session_kind.startswith("tracker:"):
+        from tvm.s_tir import meta_schedule as ms
+
+        _, host, port, key = session_kind.split(":")
+        return ms.runner.RPCRunner(ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key,
+                                                       session_timeout_sec=120))
+    return "local"
+
+
 def run(args: argparse.Namespace) -> int:
     """Compile as the command line asks; return the exit code."""
     import numpy as np
     import torch
 
     from devices.sessions import open_session
-    from devices.targets import get_target, tvm_target
-    from devices.targets import export_library
+    from devices.targets import export_library, get_target, tvm_target
     from mest.checkpoint import load_checkpoint, model_from_checkpoint
     from tvm_passes.config import CompileConfig
-    from tvm_passes.kernels import SchedulesKernels
+    from tvm_passes.errors import CompileError
+    from tvm_passes.kernels import SchedulesKernels, SparseTuning
     from tvm_passes.pipeline import compile_model, load_on, time_model
     from tvm_passes.report import time_layers
     from tvm_passes.tuning import TuningDatabase, default_database_dir
@@ -92,24 +104,21 @@ def run(args: argparse.Namespace) -> int:
     spec.require_tools(need_qemu=session_kind == "emulator")
     if args.trials < 0 or args.batch < 1:
         raise ValueError("--trials must be >= 0 and --batch >= 1")
+    if args.trials and not (session_kind in ("local", "rpc") or (session_kind or "").startswith("tracker:")):
+        raise ValueError(
+            f"tuning for {spec.name} needs a device that measures real speed: --session tracker:HOST:PORT:KEY "
+            "(emulated timings are no speed)"
+        )
     checkpoint = load_checkpoint(args.checkpoint)
     if not checkpoint.schemes:
         raise ValueError(f"checkpoint {checkpoint.path} has no masks: nothing to compile sparse (train with mest.train)")
     model = model_from_checkpoint(checkpoint)
-    shape = (args.batch, checkpoint.model_spec.in_channels, checkpoint.model_spec.image_size, checkpoint.model_spec.image_size)
+    image = checkpoint.model_spec.image_size
+    shape = (args.batch, checkpoint.model_spec.in_channels, image, image)
+    progress = lambda text: print(text, file=sys.stderr)  # noqa: E731
     database = TuningDatabase(args.tune_db or default_database_dir(), warn=lambda text: print(f"warning: {text}", file=sys.stderr))
     config = CompileConfig(target=spec.name, batch=args.batch, tune_trials=args.trials)
-    compiled = compile_model(
-        model, checkpoint.masks, checkpoint.schemes, shape, config, SchedulesKernels(spec.name),
-        database=database, dump_dir=args.dump_ir, progress=lambda text: print(text, file=sys.stderr),
-    )
     out = Path(args.out) if args.out else checkpoint.path.parent / f"compiled-{spec.name}"
-    out.mkdir(parents=True, exist_ok=True)
-    library = export_library(compiled.executable, out / "model.so", spec)
-    buffer = io.BytesIO()
-    np.savez(buffer, **compiled.stored_arrays)
-    _atomic_bytes(out / "params.npz", buffer.getvalue())
-    compile_seconds = time.perf_counter() - start
 
     report = {
         "model": checkpoint.model_spec.name,
@@ -117,17 +126,33 @@ def run(args: argparse.Namespace) -> int:
         "target": spec.name,
         "batch": args.batch,
         "input_shape": list(shape),
-        "library": str(library),
+        "library": None,
         "tuning_database": str(database.path),
-        "compile_seconds": round(compile_seconds, 3),
-        "phase_seconds": {name: round(value, 3) for name, value in compiled.phase_seconds.items()},
+        "trials": args.trials,
+        "compile_seconds": None,
+        "phase_seconds": None,
         "layers": [],
         "session": session_kind,
         "model_time": None,
         "check": None,
     }
-    if session_kind is not None:
-        with open_session(session_kind, spec) as session:
+    with contextlib.ExitStack() as stack:
+        session = stack.enter_context(open_session(session_kind, spec)) if session_kind else None
+        tuning = SparseTuning(session, args.trials, progress) if args.trials else None
+        kernels = SchedulesKernels(spec.name, database.sparse, tuning)
+        compiled = compile_model(
+            model, checkpoint.masks, checkpoint.schemes, shape, config, kernels, database=database,
+            tuning_runner=_dense_runner(session_kind) if args.trials else None,
+            dump_dir=args.dump_ir, progress=progress,
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        report["library"] = str(export_library(compiled.executable, out / "model.so", spec))
+        buffer = io.BytesIO()
+        np.savez(buffer, **compiled.stored_arrays)
+        _atomic_bytes(out / "params.npz", buffer.getvalue())
+        report["compile_seconds"] = round(time.perf_counter() - start, 3)
+        report["phase_seconds"] = {name: round(value, 3) for name, value in compiled.phase_seconds.items()}
+        if session is not None:
             vm = load_on(session, compiled)
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             logits = session.numpy(vm["main"](session.array(x)))
@@ -137,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             scale = float(np.abs(expected).max())
             report["check"] = f"max |logit error| {error:.2e} (largest logit {scale:.2e}) on {session.describe()}"
             if error > 1e-4 * max(scale, 1e-6) + 1e-5:
-                raise RuntimeError(f"compiled logits differ from PyTorch eval by {error:.3e}")
+                raise CompileError(f"compiled logits differ from PyTorch eval by {error:.3e} (a compiler bug: please report)")
             time_layers(compiled.mod, compiled.layers, tvm_target(spec), session)
             report["model_time"] = time_model(session, vm, x).describe()
     report["layers"] = [layer.to_json() for layer in compiled.layers]

@@ -1,23 +1,51 @@
-"""The kernel source of the pipeline: formats and scheduled forward kernels from ``schedules``.
+"""The kernel source of the pipeline: formats, tuned knobs and scheduled kernels from ``schedules``.
 
-:class:`SchedulesKernels` adapts ``schedules.formats.pack`` and ``schedules.kernels.forward_primfunc``
-to :class:`~tvm_passes.lower_sparse_conv.KernelSource`. Knobs come from the sparse records of the
-tuning database when ``schedules`` has a record for the layer's (scheme, shape, density, target);
-otherwise the kernels' default knobs are used and the report says ``default knobs``.
+:class:`SchedulesKernels` adapts ``schedules`` to :class:`~tvm_passes.lower_sparse_conv.KernelSource`:
+formats come from :func:`schedules.formats.pack`, kernels from
+:func:`schedules.kernels.forward_primfunc`, and knobs from the sparse records of the tuning database
+(``schedules.database``, keyed by scheme, direction, shapes, stride, density bucket and target). With
+:class:`SparseTuning` (trials > 0 and a session that measures for real), a kernel the database lacks
+is tuned first by ``schedules``' XGBoost-ranked knob search (:func:`schedules.tune.tune_kernel`) and
+the result is committed to the database, so the next compile finds it. Otherwise the defaults are
+used and the report says ``default knobs``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tvm import tirx
 
 from schedules import kernels as sparse_kernels
+from schedules.cache import workload
+from schedules.database import TuningDatabase as SparseDatabase
 from schedules.errors import SparseFormatError, UnsupportedKernelError
 from schedules.formats import SparseFormat, pack
+from schedules.tune import KnobRanker, tune_kernel
 
 from .errors import CompileError
+
+
+@dataclass
+class SparseTuning:
+    """How to tune the sparse kernels the database lacks.
+
+    Attributes
+    ----------
+    session : devices.sessions.Session
+        Where candidates are measured (not an emulator: its times are no speed).
+    trials : int
+        Candidates measured per kernel at most.
+    progress : callable, optional
+        Receives one line per tuned kernel.
+    """
+
+    session: Any
+    trials: int
+    progress: Callable[[str], None] | None = None
 
 
 class SchedulesKernels:
@@ -27,13 +55,19 @@ class SchedulesKernels:
     ----------
     target : str
         Canonical target name (``x86``, ``arm64``, ``armv7``).
-    lookup : callable, optional
-        ``(scheme, fmt, x_shape, stride, target) -> Knobs | None``: the tuned knobs of a layer.
+    database : schedules.database.TuningDatabase, optional
+        Sparse tuning records (none: default knobs).
+    tuning : SparseTuning, optional
+        Tune what the database lacks before using it.
     """
 
-    def __init__(self, target: str, lookup=None):
+    def __init__(self, target: str, database: SparseDatabase | None = None, tuning: SparseTuning | None = None):
         self.target = target
-        self.lookup = lookup
+        self.database = database
+        self.tuning = tuning if tuning is not None and tuning.trials > 0 else None
+        if self.tuning is not None and self.database is None:
+            raise CompileError("tuning the sparse kernels needs a tuning database to write to")
+        self.ranker = KnobRanker() if self.tuning is not None else None
 
     def pack(self, scheme: str, weight: torch.Tensor, mask: torch.Tensor) -> SparseFormat:
         """Compact format of ``weight * mask`` (see :func:`schedules.formats.pack`)."""
@@ -42,11 +76,25 @@ class SchedulesKernels:
         except SparseFormatError as exc:
             raise CompileError(f"cannot pack a {scheme} layer: {exc}") from exc
 
+    def _record(self, fmt: SparseFormat, x_shape: tuple[int, ...], stride: int):
+        if self.tuning is not None:
+            if self.tuning.progress:
+                self.tuning.progress(f"tuning {fmt.scheme} kernel {list(fmt.weight_shape)} on {list(x_shape)}")
+            return tune_kernel(self.tuning.session, self.database, self.ranker, fmt, "forward", x_shape, stride,
+                               self.tuning.trials).record
+        if self.database is not None:
+            return self.database.lookup(workload(fmt, "forward", x_shape, stride, self.target))
+        return None
+
     def forward_primfunc(self, fmt: Any, x_shape: tuple[int, ...], stride: int) -> tuple[tirx.PrimFunc, str]:
         """Scheduled forward kernel and a description of its knobs."""
-        knobs = self.lookup(fmt.scheme, fmt, x_shape, stride, self.target) if self.lookup else None
+        x_shape = tuple(int(d) for d in x_shape)
         try:
-            prim = sparse_kernels.forward_primfunc(fmt, tuple(x_shape), stride, knobs)
+            record = self._record(fmt, x_shape, stride)
+            prim = sparse_kernels.forward_primfunc(fmt, x_shape, stride, record.knobs if record else None)
         except UnsupportedKernelError as exc:
             raise CompileError(f"no {fmt.scheme} kernel for input {list(x_shape)}: {exc}") from exc
-        return prim, "default knobs" if knobs is None else f"tuned knobs {knobs.to_json()}"
+        if record is None:
+            return prim, "default knobs"
+        knobs = ",".join(f"{k}={v}" for k, v in record.knobs.to_json().items())
+        return prim, f"tuned {knobs}, {record.trials} trials"

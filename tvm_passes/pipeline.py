@@ -127,6 +127,7 @@ def compile_model(
     config: CompileConfig,
     kernels: KernelSource,
     database: TuningDatabase | None = None,
+    tuning_runner: Any = None,
     dump_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CompiledModel:
@@ -148,6 +149,9 @@ def compile_model(
         Source of the sparse kernels (:class:`tvm_passes.kernels.SchedulesKernels`).
     database : TuningDatabase, optional
         Tuning database of the dense operators (none: untuned dense operators).
+    tuning_runner : meta_schedule Runner or "local", optional
+        Where MetaSchedule measures the dense candidates when ``config.tune_trials`` > 0 (none: no
+        dense tuning, the database is only applied).
     dump_dir : str or Path, optional
         Directory receiving the IR after each phase.
     progress : callable, optional
@@ -205,7 +209,11 @@ def compile_model(
 
     # Phase 6: tuning database for the dense operators (tune what it lacks if asked, then apply).
     if database is not None:
-        mod = phases.run("tuning database", lambda: database.tune_and_apply(mod, target, config.tune_trials, progress))
+        trials = config.tune_trials if tuning_runner is not None else 0
+        mod = phases.run(
+            "tuning database",
+            lambda: database.tune_and_apply(mod, target, trials, progress, tuning_runner or "local"),
+        )
 
     # Phase 7: build for the target.
     executable = phases.run("build", lambda: tvm.compile(mod, target))

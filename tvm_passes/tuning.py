@@ -6,8 +6,9 @@ Layout of ``DIR``:
 - ``database_workload.json`` + ``database_tuning_record.json``: MetaSchedule's JSON database of the
   dense operators (legalized and fused PrimFuncs: first conv, shortcuts, classifier, kept-dense and
   channel-compacted convs, element-wise groups);
-- ``sparse/``: the records of the sparse kernels, owned by ``schedules`` (its tuner writes them, its
-  kernels read them).
+- ``sparse.json``: the records of the sparse kernels, in the format of ``schedules.database`` (its
+  tuner writes them, :class:`~tvm_passes.kernels.SchedulesKernels` reads them); ``schedules`` sets a
+  bad one aside itself, and its warning is passed on.
 
 A corrupt database, or one from another TVM version, is not used: a warning is given, the old files
 are renamed aside (``<name>.set-aside-<time>``, contents untouched) and a fresh database starts.
@@ -20,12 +21,15 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import tvm
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
+
+from schedules.database import TuningDatabase as SparseDatabase
 
 from .errors import CompileError
 
@@ -74,10 +78,11 @@ class TuningDatabase:
             self._set_aside(f"MetaSchedule cannot read it ({str(exc).splitlines()[0][:100]})")
             self.ms_database = ms.database.JSONDatabase(*(str(self.path / name) for name in _MS_FILES), allow_missing=True)
 
-    @property
-    def sparse_dir(self) -> Path:
-        """Directory of the sparse kernels' records (owned by ``schedules``)."""
-        return self.path / "sparse"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.sparse = SparseDatabase(self.path / "sparse.json")
+        for warning in caught:
+            self.warn(str(warning.message))
 
     def _problem(self) -> str:
         meta = self.path / "meta.json"
@@ -155,6 +160,9 @@ class TuningDatabase:
             The module with the database's schedules applied where it has them.
         """
         if trials > 0:
+            if "num-cores" not in target.export():
+                # MetaSchedule's mutators and rules need the core count in the target.
+                target = tvm.target.Target({**target.export(), "num-cores": os.cpu_count() or 1})
             tasks = self._untuned_tasks(mod, target)
             if tasks:
                 if progress:
@@ -162,16 +170,19 @@ class TuningDatabase:
                 contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     tasks, work_dir=str(self.path / "logs"), space="post-order-apply"
                 )
-                ms.tune.tune_tasks(
-                    tasks=contexts,
-                    task_weights=weights,
-                    work_dir=str(self.path / "logs"),
-                    max_trials_global=trials,
-                    num_trials_per_iter=min(64, trials),
-                    builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300.0),
-                    runner=runner,
-                    database=self.ms_database,
-                    cost_model="xgb",
-                )
+                try:
+                    ms.tune.tune_tasks(
+                        tasks=contexts,
+                        task_weights=weights,
+                        work_dir=str(self.path / "logs"),
+                        max_trials_global=trials,
+                        num_trials_per_iter=min(64, trials),
+                        builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300.0),
+                        runner=runner,
+                        database=self.ms_database,
+                        cost_model="xgb",
+                    )
+                except tvm.error.TVMError as exc:
+                    raise CompileError(f"MetaSchedule tuning failed: {str(exc).strip().splitlines()[-1][:200]}") from exc
         with target, self.ms_database, tvm.transform.PassContext(opt_level=3):
             return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)

@@ -35,7 +35,6 @@ def trained_sparse_model(name: str, scheme: str, sparsity: float = 0.9, steps: i
     torch.manual_seed(seed)
     model = build_model(name, 10, 1)
     state = SparseState.prune_init(model, default_profile(model, sparsity), scheme)
-    state.apply_to_weights(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model.train()
     for _ in range(steps):
@@ -43,9 +42,9 @@ def trained_sparse_model(name: str, scheme: str, sparsity: float = 0.9, steps: i
         y = torch.randint(0, 10, (16,))
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
-        state.apply_to_grads(model)
+        state.apply_to_grads()
         optimizer.step()
-        state.apply_to_weights(model)
+        state.apply_to_weights()
     return model.eval(), state
 
 

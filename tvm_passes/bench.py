@@ -1,0 +1,133 @@
+"""``python -m tvm_passes.bench``: compiled sparse ResNet-32 vs the same model compiled dense vs PyTorch.
+
+In one process, for each scheme at the given sparsity (90% by default): a ResNet-32 (CIFAR shape)
+with masks of that scheme (pruned by magnitude from a random init, as the trainer's first step does)
+is compiled for x86 by :func:`tvm_passes.pipeline.compile_model`, and timed against
+
+- **TVM dense**: the same weights, no masks, compiled by the same pipeline (so the dense operators get
+  the same tuning database, tuned or not: the report says how many records it holds);
+- **PyTorch eval**: the model in eval mode (oneDNN), with the masked weights.
+
+Timing: rounds interleave every variant (``schedules.measure.interleaved``) so bursts of load from
+other processes hit all alike; medians over rounds are reported with the ratios, printed and written
+as JSON (``--json``, default ``bench-tvm_passes.json``). The logits of each compiled model are
+checked against PyTorch first. Not a test: a measurement on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m tvm_passes.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet32")
+    parser.add_argument("--schemes", default="irregular,block,pattern,channel")
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--number", type=int, default=3)
+    parser.add_argument("--tune-db", default=None, help="tuning database directory (default: the user's cache one)")
+    parser.add_argument("--json", default="bench-tvm_passes.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit code."""
+    args = _parse(argv)
+    from schedules.threads import configure_threads
+
+    configure_threads()
+    import numpy as np
+    import torch
+    import tvm
+    from tvm import relax
+
+    from devices.targets import get_target
+    from mest.models import build_model
+    from mest.sparsity import SparseState, default_profile
+    from schedules.measure import interleaved
+    from schedules.threads import num_threads
+
+    from .config import CompileConfig
+    from .kernels import SchedulesKernels
+    from .pipeline import compile_model
+    from .tuning import TuningDatabase, default_database_dir
+
+    torch.set_num_threads(num_threads())
+    spec = get_target("x86")
+    database = TuningDatabase(args.tune_db or default_database_dir(), warn=lambda t: print(f"warning: {t}", file=sys.stderr))
+    shape = (args.batch, 3, args.image, args.image)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    config = CompileConfig("x86", batch=args.batch)
+    results = {
+        "machine": f"{platform.machine()} {spec.description}, {os.cpu_count()} cores, {num_threads()} threads",
+        "model": args.model, "batch": args.batch, "image": args.image, "sparsity": args.sparsity,
+        "dense_tuning_records": len(database.ms_database.get_all_tuning_records()),
+        "sparse_tuning_records": len(database.sparse),
+        "schemes": {},
+    }
+    print(f"{args.model}, batch {args.batch}, {args.image}x{args.image}, sparsity {args.sparsity:g}; {results['machine']}")
+
+    def vm_runner(compiled):
+        vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+        data = tvm.runtime.tensor(x)
+        return vm, (lambda: vm["main"](data))
+
+    for scheme in [s.strip() for s in args.schemes.split(",") if s.strip()]:
+        torch.manual_seed(0)
+        model = build_model(args.model, 10, 3)
+        state = SparseState.prune_init(model, default_profile(model, args.sparsity), scheme)
+        model.eval()
+        start = time.perf_counter()
+        sparse = compile_model(model, state.masks, state.schemes, shape, config,
+                               SchedulesKernels("x86", database.sparse), database=database)
+        sparse_compile = time.perf_counter() - start
+        start = time.perf_counter()
+        dense = compile_model(model, {}, {}, shape, config, SchedulesKernels("x86"), database=database)
+        dense_compile = time.perf_counter() - start
+        vm, run_sparse = vm_runner(sparse)
+        _, run_dense = vm_runner(dense)
+        xt = torch.from_numpy(x)
+        with torch.no_grad():
+            expected = model(xt).numpy()
+            error = float(np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - expected).max())
+
+            def run_torch():
+                return model(xt)
+
+            timing = interleaved({"sparse": run_sparse, "dense": run_dense, "torch": run_torch},
+                                 rounds=args.rounds, number=args.number)
+        ms = {name: m.median_s * 1e3 for name, m in timing.items()}
+        kernels = sorted({layer.kernel for layer in sparse.layers})
+        row = {
+            "sparse_ms": ms["sparse"], "tvm_dense_ms": ms["dense"], "torch_ms": ms["torch"],
+            "vs_tvm_dense": ms["dense"] / ms["sparse"], "vs_torch": ms["torch"] / ms["sparse"],
+            "max_logit_error": error, "kernels": kernels,
+            "compile_s": {"sparse": sparse_compile, "dense": dense_compile},
+            "bytes": {"dense": sum(l.bytes_dense for l in sparse.layers), "stored": sum(l.bytes_stored for l in sparse.layers)},
+        }
+        results["schemes"][scheme] = row
+        print(
+            f"{scheme:9s} sparse {ms['sparse']:9.2f} ms | TVM dense {ms['dense']:9.2f} ms ({row['vs_tvm_dense']:5.2f}x) | "
+            f"PyTorch {ms['torch']:8.2f} ms ({row['vs_torch']:5.2f}x) | kernels {','.join(kernels)} | "
+            f"max logit err {error:.1e} | compile {sparse_compile:.1f} s"
+        )
+        sys.stdout.flush()
+    path = Path(args.json)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
