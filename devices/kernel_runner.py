@@ -238,9 +238,15 @@ class RunnerSession(Session):
         return Timing.from_runs(runs, emulated=True)
 
 
+class _RunnerFunction(GuardedFunction):
+    """A function of a library exported for the runner; ``self.function`` is the library path."""
+
+    def __call__(self, *args: Any, timeout_s: float | None = None) -> None:
+        self.session.run(self.function, self.name, list(args), timeout_s=timeout_s)
+
+
 class _RunnerModule(LoadedModule):
     def __getitem__(self, name: str) -> GuardedFunction:
-        session: RunnerSession = self.session
-        return GuardedFunction(session, name, lambda *args: session.run(self.module, name, list(args)))
+        return _RunnerFunction(self.session, name, self.module)
 
     get_function = __getitem__
