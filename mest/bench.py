@@ -10,28 +10,25 @@ Writes JSON and prints the ratios. It is a benchmark, not a test: figures depend
 
 from __future__ import annotations
 
+import argparse
+import copy
+import json
 import os
+import statistics
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: TVM's and torch's pools must not spin
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from mest.cli import run_main  # noqa: E402
-from mest.compact import to_compact  # noqa: E402
-from mest.io import atomic_write_text  # noqa: E402
-from mest.models import MODEL_NAMES, build_model  # noqa: E402
-from mest.mutation import MutationSchedule  # noqa: E402
-from mest.schemes import SCHEMES  # noqa: E402
-from mest.sparsity import SparseState, default_profile  # noqa: E402
+from mest.cli import run_main
+from mest.compact import to_compact
+from mest.io import atomic_write_text
+from mest.models import MODEL_NAMES, build_model
+from mest.mutation import MutationSchedule
+from mest.schemes import SCHEMES
+from mest.sparsity import SparseState, default_profile
 
 
 class Variant:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from schedules.threads import configure_threads
+
+# Before any test module imports torch: TVM's and PyTorch's thread pools must not spin together.
+configure_threads()
+
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
