@@ -16,7 +16,8 @@ Layouts (``O`` output filters, ``I`` input channels, ``tap = kh * 3 + kw``):
 - channel: the kept filters' indices and their dense ``[kept, I, 3, 3]`` weight.
 
 The grad-input kernels read the transposed structure (``t_*`` arrays: CSR over input channels with
-flipped taps and a permutation into ``values``), built at pack time from the same mask.
+flipped taps and a permutation into ``values``; for irregular and block its rows are further split by
+the output parity a tap feeds at stride 2), built at pack time from the same mask.
 
 ``capacity`` (number of value slots, rounded up to the scheme's unit) sizes the buffers for an upper
 bound of non-zeros (Soft Memory Bound): padding slots hold zero values, belong to no output, and
@@ -326,17 +327,30 @@ class ChannelFormat(SparseFormat):
         return self.values.reshape(-1, *self.weight_shape[1:])
 
 
-def _transpose_entries(rows: np.ndarray, positions: np.ndarray, perm_base: np.ndarray, out_channels: int, in_channels: int) -> dict[str, np.ndarray]:
-    """Transposed CSR (rows = input channels) with flipped taps, for the grad-input kernels.
+def parity_class(flipped_tap: np.ndarray) -> np.ndarray:
+    """Output-pixel parity class (0-3) a flipped tap feeds in a stride-2 transposed conv.
 
-    ``rows`` is the output filter of each entry, ``positions = i*9 + tap``, ``perm_base`` the value
-    slot of each entry.
+    Output row ``h`` of ``dx`` receives tap row ``kh' = 2 - kh`` only when ``h`` is even for
+    ``kh' == 1`` and odd otherwise; likewise for columns. Class ``2 * (kh' != 1) + (kw' != 1)``.
+    """
+    return 2 * (flipped_tap // 3 != 1) + (flipped_tap % 3 != 1)
+
+
+def _transpose_entries(rows: np.ndarray, positions: np.ndarray, perm_base: np.ndarray, out_channels: int, in_channels: int) -> dict[str, np.ndarray]:
+    """Transposed CSR with flipped taps, for the grad-input kernels.
+
+    Rows are (input channel, parity class) pairs: ``t_row_ptr`` has ``4 * I + 1`` entries, so a
+    stride-1 kernel walks ``t_row_ptr[4i] .. t_row_ptr[4i + 4]`` and a stride-2 kernel one class at a
+    time (see :func:`parity_class`). ``rows`` is the output filter of each entry,
+    ``positions = i*9 + tap``, ``perm_base`` the value slot of each entry.
     """
     channel, tap = positions // KERNEL_TAPS, positions % KERNEL_TAPS
-    t_positions = rows * KERNEL_TAPS + (KERNEL_TAPS - 1 - tap)
-    order = np.lexsort((t_positions, channel))
+    flipped = KERNEL_TAPS - 1 - tap
+    t_positions = rows * KERNEL_TAPS + flipped
+    row_class = channel * 4 + parity_class(flipped)
+    order = np.lexsort((t_positions, row_class))
     return {
-        "t_row_ptr": _row_ptr(channel[order], in_channels, len(rows)),
+        "t_row_ptr": _row_ptr(row_class[order], 4 * in_channels, len(rows)),
         "t_positions": _as_index(t_positions[order], out_channels * KERNEL_TAPS - 1),
         "t_perm": _as_index(perm_base[order], max(len(perm_base) - 1, 0)),
     }

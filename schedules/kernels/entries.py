@@ -56,6 +56,9 @@ class Entries:
     value_slot : callable
         ``(buffers, entry, t, g) -> index into values`` of the weight at position ``t`` feeding
         output channel ``g`` of the row's group.
+    class_range : callable or None
+        ``(buffers, row, parity_class) -> (begin, end)`` of the row's entries feeding one output
+        parity of a stride-2 transposed conv (transposed irregular/block walks only).
     """
 
     params: tuple[BufferSpec, ...]
@@ -68,6 +71,7 @@ class Entries:
     channel: Callable[[Buffers, Expr], Expr]
     tap: Callable[[Buffers, Expr, int], Expr]
     value_slot: Callable[[Buffers, Expr, int, int], Expr]
+    class_range: Callable[[Buffers, Expr, int], tuple[Expr, Expr]] | None = None
 
 
 def _i32(expr: Expr) -> Expr:
@@ -95,10 +99,11 @@ def _transposed_positions(fmt: SparseFormat, direction: str) -> Entries:
         taps=1,
         count=len(fmt.indices["t_positions"]),
         src_channels=out_channels,
-        row_range=_csr("t_row_ptr"),
+        row_range=lambda b, row: (_i32(b["t_row_ptr"][4 * row]), _i32(b["t_row_ptr"][4 * row + 4])),
         channel=lambda b, e: _i32(b["t_positions"][e]) // KERNEL_TAPS,
         tap=lambda b, e, t: _i32(b["t_positions"][e]) % KERNEL_TAPS,
         value_slot=lambda b, e, t, g: _i32(b["t_perm"][e]),
+        class_range=lambda b, row, c: (_i32(b["t_row_ptr"][4 * row + c]), _i32(b["t_row_ptr"][4 * row + c + 1])),
     )
 
 

@@ -9,11 +9,15 @@ output-channel loop (knob ``tile_outer``); a ``group x rows x width`` accumulato
 stack buffer that LLVM keeps in registers, updated by broadcast-FMA over contiguous columns; indices
 and values are runtime buffers, so one build serves every mask of the same shapes and capacity.
 
-The grad-input kernel is the same template over the transposed, tap-flipped structure (for stride 2,
-over a zero-dilated copy of ``dy``), so no dense weight is ever formed.
+The grad-input kernel is the same template over the transposed, tap-flipped structure, so no dense
+weight is ever formed. At stride 2 the irregular and block kernels compute each of the four output
+parity classes from the entries that feed it (no wasted products); the pattern kernel, whose entries
+mix classes, runs over a zero-dilated copy of ``dy`` instead.
 """
 
 from __future__ import annotations
+
+import math
 
 from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
@@ -54,6 +58,18 @@ def tap_offsets(walk: Entries, buffers: dict[str, tirx.Buffer], scratch: Scratch
     return offsets
 
 
+def parity_extents(size: int) -> tuple[int, int]:
+    """Output rows (or columns) of even and of odd index in a size-``size`` output."""
+    return (size + 1) // 2, size // 2
+
+
+def gather_extent(out_height: int, out_width: int, parity: bool) -> tuple[int, int]:
+    """Height and width the row and width tiles must divide (every parity class's, when split)."""
+    if not parity:
+        return out_height, out_width
+    return math.gcd(*parity_extents(out_height)), math.gcd(*parity_extents(out_width))
+
+
 def gather_conv(
     walk: Entries,
     src_shape: tuple[int, int, int, int],
@@ -61,6 +77,7 @@ def gather_conv(
     scratch: Scratch,
     knobs: Knobs | None,
     name: str,
+    parity: bool = False,
 ) -> tirx.PrimFunc:
     """Scheduled PrimFunc ``name(src, *walk.params, out)``.
 
@@ -76,6 +93,10 @@ def gather_conv(
         Schedule knobs; unset ones are chosen from the shape.
     name : str
         Global symbol of the function.
+    parity : bool
+        Stride-2 transposed conv by output parity: each of the 4 classes of output pixels
+        ``(2a + ph, 2b + pw)`` is a dense sub-grid computed from the entries of its class only
+        (``walk.class_range``, ``tail`` scratch).
 
     Returns
     -------
@@ -85,10 +106,14 @@ def gather_conv(
     batch = src_shape[0]
     out_height, out_width = out_shape[2:]
     group, taps = walk.group, walk.taps
-    k = resolve_gather(knobs or Knobs(), out_height, out_width, group)
+    k = resolve_gather(knobs or Knobs(), *gather_extent(out_height, out_width, parity), group)
     rows, width = k.rows, k.width
     splits = parallel_splits(batch, walk.rows, num_threads())
     rows_per_part = walk.rows // splits
+    if parity:
+        classes = [(ph, pw, parity_extents(out_height)[ph], parity_extents(out_width)[pw]) for ph in (0, 1) for pw in (0, 1)]
+    else:
+        classes = [(None, None, out_height, out_width)]
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name(name)
@@ -102,32 +127,32 @@ def gather_conv(
                 n, part = job // splits, job % splits
                 pad = T.alloc_buffer((scratch.size,), "float32")
                 scratch.fill(src, n, pad, 0)
-                outer = (out_height // rows, rows_per_part) if k.tile_outer else (rows_per_part, out_height // rows)
-                with T.serial(0, outer[0]) as a:
-                    with T.serial(0, outer[1]) as b:
-                        tile, row = (a, part * rows_per_part + b) if k.tile_outer else (b, part * rows_per_part + a)
-                        with T.serial(0, out_width // width) as wt:
-                            acc = T.alloc_buffer((group * rows * width,), "float32")
-                            with T.unroll(0, group * rows) as gr:
-                                with T.vectorized(0, width) as w:
-                                    T.buffer_store(acc, tirx.const(0.0, "float32"), [gr * width + w])
-                            begin, end = walk.row_range(buffers, row)
-                            with T.serial(begin, end) as e:
-                                base = tile * rows * scratch.row_stride + wt * width
-                                for t in range(taps):
-                                    at = base + offsets[e * taps + t]
-                                    for g in range(group):
-                                        value = values[walk.value_slot(buffers, e, t, g)]
-                                        with T.unroll(0, rows) as r:
-                                            with T.vectorized(0, width) as w:
-                                                slot = (g * rows + r) * width + w
-                                                T.buffer_store(acc, acc[slot] + value * pad[at + r * scratch.row_stride + w], [slot])
-                            with T.unroll(0, group) as g:
-                                with T.unroll(0, rows) as r:
+                for ph, pw, height, width_extent in classes:
+                    outer = (height // rows, rows_per_part) if k.tile_outer else (rows_per_part, height // rows)
+                    with T.serial(0, outer[0]) as a:
+                        with T.serial(0, outer[1]) as b:
+                            tile, row = (a, part * rows_per_part + b) if k.tile_outer else (b, part * rows_per_part + a)
+                            with T.serial(0, width_extent // width) as wt:
+                                acc = T.alloc_buffer((group * rows * width,), "float32")
+                                with T.unroll(0, group * rows) as gr:
                                     with T.vectorized(0, width) as w:
-                                        T.buffer_store(
-                                            out,
-                                            acc[(g * rows + r) * width + w],
-                                            [n, row * group + g, tile * rows + r, wt * width + w],
-                                        )
+                                        T.buffer_store(acc, tirx.const(0.0, "float32"), [gr * width + w])
+                                begin, end = walk.row_range(buffers, row) if ph is None else walk.class_range(buffers, row, 2 * ph + pw)
+                                with T.serial(begin, end) as e:
+                                    base = tile * rows * scratch.row_stride + wt * width
+                                    for t in range(taps):
+                                        at = base + offsets[e * taps + t]
+                                        for g in range(group):
+                                            value = values[walk.value_slot(buffers, e, t, g)]
+                                            with T.unroll(0, rows) as r:
+                                                with T.vectorized(0, width) as w:
+                                                    slot = (g * rows + r) * width + w
+                                                    T.buffer_store(acc, acc[slot] + value * pad[at + r * scratch.row_stride + w], [slot])
+                                with T.unroll(0, group) as g:
+                                    with T.unroll(0, rows) as r:
+                                        with T.vectorized(0, width) as w:
+                                            h, x = tile * rows + r, wt * width + w
+                                            if ph is not None:
+                                                h, x = 2 * h + ph, 2 * x + pw
+                                            T.buffer_store(out, acc[(g * rows + r) * width + w], [n, row * group + g, h, x])
     return builder.get()

@@ -6,9 +6,12 @@ Three layouts, all flat ``float32`` buffers of ``channels * plane`` elements:
 - ``split`` (stride 2): the padded image with even and odd columns de-interleaved,
   ``[C, H+2, 2, ceil((W+2)/2)]``, so output column ``wo`` at tap ``kw`` reads ``wo + kw // 2`` of
   parity ``kw % 2``: contiguous across ``wo``.
-- ``dilate`` (grad-input of a stride-2 conv): ``dy`` with zeros inserted between rows and columns and
-  a zero border, ``[O, H+2, W+2]`` in the input's resolution, so the transposed conv is a stride-1
-  gather with flipped taps.
+- ``dilate`` (grad-input of a stride-2 conv, pattern scheme): ``dy`` with zeros inserted between
+  rows and columns and a zero border, ``[O, H+2, W+2]`` in the input's resolution, so the transposed
+  conv is a stride-1 gather with flipped taps (3/4 of its products are with zeros).
+- ``tail`` (grad-input of a stride-2 conv, entries split by output parity): ``dy`` with one zero
+  row and column at the end, ``[O, Ho+1, Wo+1]``; flipped tap ``(kh', kw')`` of output pixel
+  ``(2a + ph, 2b + pw)`` reads ``(a + kh' // 2, b + kw' // 2)``, so no product is wasted.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Scratch:
     Attributes
     ----------
     mode : str
-        ``"pad"``, ``"split"`` or ``"dilate"``.
+        ``"pad"``, ``"split"``, ``"dilate"`` or ``"tail"``.
     channels, src_height, src_width : int
         Shape of one image of the source tensor.
     out_height, out_width : int
@@ -51,6 +54,8 @@ class Scratch:
     @property
     def padded_height(self) -> int:
         """Rows of one scratch channel."""
+        if self.mode == "tail":
+            return self.src_height + 1
         return (self.out_height if self.mode == "dilate" else self.src_height) + 2
 
     @property
@@ -63,6 +68,8 @@ class Scratch:
         """Floats per scratch row (both parities for ``split``)."""
         if self.mode == "split":
             return 2 * self.half_width
+        if self.mode == "tail":
+            return self.src_width + 1
         return (self.out_width if self.mode == "dilate" else self.src_width) + 2
 
     @property
@@ -85,6 +92,8 @@ class Scratch:
         kh, kw = tap // 3, tap % 3
         if self.mode == "split":
             return kh * self.padded_width + (kw % 2) * self.half_width + kw // 2
+        if self.mode == "tail":
+            return (kh // 2) * self.padded_width + kw // 2
         return kh * self.padded_width + kw
 
     def fill(self, src: tirx.Buffer, n: Expr, dst: tirx.Buffer, dst_base: Expr) -> None:
@@ -101,6 +110,12 @@ class Scratch:
                             load = src[n, c, T.min(T.max(hp - 1, 0), last_h), T.min(T.max(col - 1, 0), last_w)]
                             index = dst_base + c * self.plane + hp * self.padded_width + parity * self.half_width + j
                             T.buffer_store(dst, T.if_then_else(inside, load, zero), [index])
+                elif self.mode == "tail":
+                    with T.vectorized(0, self.padded_width) as wp:
+                        inside = tirx.all(hp <= last_h, wp <= last_w)
+                        load = src[n, c, T.min(hp, last_h), T.min(wp, last_w)]
+                        index = dst_base + c * self.plane + hp * self.padded_width + wp
+                        T.buffer_store(dst, T.if_then_else(inside, load, zero), [index])
                 elif self.mode == "dilate":
                     with T.vectorized(0, self.padded_width) as wp:
                         qh, qw = hp - 1, wp - 1
@@ -116,7 +131,7 @@ class Scratch:
                         T.buffer_store(dst, T.if_then_else(inside, load, zero), [index])
 
 
-def scratch_for(direction: str, stride: int, channels: int, height: int, width: int) -> Scratch:
+def scratch_for(direction: str, stride: int, channels: int, height: int, width: int, by_parity: bool = False) -> Scratch:
     """Scratch layout of a kernel reading ``channels x height x width`` source images.
 
     Parameters
@@ -127,10 +142,12 @@ def scratch_for(direction: str, stride: int, channels: int, height: int, width: 
         1 or 2.
     channels, height, width : int
         For ``grad_input``, ``height`` and ``width`` are those of ``x`` (the output of the kernel).
+    by_parity : bool
+        For a stride-2 ``grad_input`` whose entries are split by output parity: the ``tail`` layout.
     """
     out_height, out_width = conv_out_size(height, stride), conv_out_size(width, stride)
     if direction == "grad_input":
         if stride == 1:
             return Scratch("pad", channels, height, width, height, width)
-        return Scratch("dilate", channels, out_height, out_width, height, width)
+        return Scratch("tail" if by_parity else "dilate", channels, out_height, out_width, height, width)
     return Scratch("pad" if stride == 1 else "split", channels, height, width, out_height, out_width)
