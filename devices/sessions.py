@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import inspect
 import re
 import shutil
 import tempfile
@@ -433,18 +434,23 @@ def open_session(kind: str, target: str | TargetSpec = "x86", **options: Any) ->
     spec = get_target(target)
     call_timeout_s = float(options.pop("call_timeout_s", DEFAULT_CALL_TIMEOUT_S))
     if kind == "local":
-        if options:
-            raise DeviceError(f"a local session takes no options, got {', '.join(options)}")
-        session: Session = LocalSession(spec, call_timeout_s)
+        opener, fixed = LocalSession, (spec, call_timeout_s)
     elif kind == "rpc":
-        session = remote.open_rpc_session(spec, call_timeout_s, **options)
+        opener, fixed = remote.open_rpc_session, (spec, call_timeout_s)
     elif kind.startswith("tracker:"):
-        host, port, key = _parse_tracker_kind(kind)
-        session = remote.open_tracker_session(spec, call_timeout_s, host, port, key, **options)
+        opener, fixed = remote.open_tracker_session, (spec, call_timeout_s,
+                                                      *_parse_tracker_kind(kind))
     elif kind == "emulator" and spec.emulation == "runner":
-        session = kernel_runner.RunnerSession(spec, call_timeout_s, **options)
+        opener, fixed = kernel_runner.RunnerSession, (spec, call_timeout_s)
     elif kind == "emulator":
-        session = remote.open_emulator_session(spec, call_timeout_s, **options)
+        opener, fixed = remote.open_emulator_session, (spec, call_timeout_s)
     else:
         raise DeviceError(f"unknown session kind {kind!r}; known kinds: {', '.join(SESSION_KINDS)}")
-    return session
+    accepted = list(inspect.signature(opener).parameters)[len(fixed):]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DeviceError(
+            f"open_session({kind!r}, {spec.name!r}) takes the options "
+            f"{', '.join(['call_timeout_s', *accepted])}; not {', '.join(unknown)}"
+        )
+    return opener(*fixed, **options)

@@ -71,6 +71,11 @@ def test_unknown_session_kind_lists_the_known_ones():
         open_session("cloud", "x86")
 
 
+def test_unknown_option_lists_the_accepted_ones():
+    with pytest.raises(DeviceError, match="takes the options call_timeout_s, address, .*; not adress"):
+        open_session("rpc", "x86", adress=("127.0.0.1", 9090))
+
+
 def test_malformed_tracker_kind():
     with pytest.raises(DeviceError, match="tracker:HOST:PORT:KEY"):
         open_session("tracker:127.0.0.1:key", "x86")
