@@ -169,8 +169,8 @@ class TuningDatabase:
         data = self._records.get(workload.key())
         return Record.from_json(data) if data is not None else None
 
-    def commit(self, workload: Workload, record: Record) -> None:
-        """Store ``record`` (keeping a faster one already there) and write the file atomically.
+    def commit(self, workload: Workload, record: Record, replace: bool = False) -> None:
+        """Store ``record`` (keeping a faster one already there unless ``replace``); write atomically.
 
         Raises
         ------
@@ -180,7 +180,7 @@ class TuningDatabase:
         on_disk = _read(self.path) if self.path.exists() else {}
         merged = {**on_disk, **self._records}
         old = merged.get(workload.key())
-        if old is None or float(old["seconds"]) > record.seconds:
+        if old is None or replace or float(old["seconds"]) > record.seconds:
             merged[workload.key()] = record.to_json()
         self._records = merged
         payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tvm": tvm.__version__, "records": merged}
