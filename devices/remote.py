@@ -19,7 +19,7 @@ import tvm
 from tvm import rpc
 
 from .arm64_runtime import emulator_server_program
-from .errors import DeviceError
+from .errors import DeviceError, SessionClosedError
 from .loopback import ServiceProcess, start_rpc_server
 from .sessions import Session
 from .targets import TargetSpec
@@ -79,7 +79,7 @@ class SocketSession(Session):
 
     def _connection(self) -> rpc.RPCSession:
         if self._rpc is None:
-            raise DeviceError(f"{self.describe()} is closed ({self._closed_reason})")
+            raise SessionClosedError(f"{self.describe()} is closed ({self._closed_reason})")
         return self._rpc
 
     def _abort(self) -> None:
@@ -241,7 +241,7 @@ class EmulatorSession(Session):
     @property
     def device(self) -> tvm.runtime.Device:
         if self._rpc is None:
-            raise DeviceError(f"{self.describe()} is closed ({self._closed_reason})")
+            raise SessionClosedError(f"{self.describe()} is closed ({self._closed_reason})")
         return self._rpc.cpu(0)
 
     def _abort(self) -> None:
