@@ -8,8 +8,9 @@ target of the ``devices`` table, and writes to ``--out`` (default ``<run dir>/co
 - ``report.json``: per layer the scheme, density, kernel, bytes dense vs stored and time where the
   target can be timed here; the phases' and total compile time; the check against PyTorch.
 
-With a session (``local`` by default on x86; ``--session emulator`` runs an ARM build under qemu) the
-library is loaded there and its logits are compared with PyTorch eval on a random batch. Bad input
+With a session (``local`` by default on x86, the qemu emulator by default for arm64 when installed) the
+library is loaded there and its logits are compared with PyTorch eval on a random batch; armv7 has no
+TVM runtime to run a whole model under emulation, so its library is built and cross-linked only. Bad input
 (no masks, an unknown target, a missing toolchain, an unreadable checkpoint, a model the import cannot
 take) prints one ``error:`` line and exits with code 2. A corrupt tuning database is a warning.
 """
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: under ~/.cache/mest-tvm)")
     parser.add_argument("--trials", type=int, default=0, help="MetaSchedule trials for dense operators the database lacks")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: <run dir>/compiled-<target>)")
-    parser.add_argument("--session", help="local | rpc | emulator | tracker:HOST:PORT:KEY (default: local on x86, none on ARM)")
+    parser.add_argument("--session", help="local | rpc | emulator | tracker:HOST:PORT:KEY (default: local on x86, "
+                        "the emulator for arm64 when qemu is installed, none for armv7)")
     parser.add_argument("--batch", type=int, default=1, help="static batch size of the compiled module")
     parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR")
     return parser
@@ -72,6 +74,17 @@ def _print_report(report: dict) -> None:
         print(f"check vs PyTorch eval: {report['check']}")
 
 
+def _default_session(spec) -> str | None:
+    """``local`` on the host; the emulator for arm64 when qemu is installed; none otherwise."""
+    from devices.targets import EMULATION_RPC
+
+    if spec.is_host:
+        return "local"
+    if spec.emulation == EMULATION_RPC and not spec.missing_tools(need_qemu=True):
+        return "emulator"
+    return None
+
+
 def _dense_runner(session_kind: str):
     """MetaSchedule runner measuring dense candidates where the session's device is."""
     if session_kind.startswith("tracker:"):
@@ -100,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     spec = get_target(args.target)
-    session_kind = args.session or ("local" if spec.is_host else None)
+    session_kind = args.session or _default_session(spec)
     spec.require_tools(need_qemu=session_kind == "emulator")
     if args.trials < 0 or args.batch < 1:
         raise ValueError("--trials must be >= 0 and --batch >= 1")
