@@ -155,6 +155,19 @@ def _totals(records: list[dict]) -> list[dict]:
     return totals
 
 
+def markdown_table(records: list[dict], totals: list[dict]) -> str:
+    """The results as a markdown table: ``dense / ours`` ratios per direction, model totals last."""
+    header = "| layer | scheme | density | " + " | ".join(DIRECTIONS) + " |"
+    lines = [header, "|" + "---|" * (3 + len(DIRECTIONS))]
+    for r in records:
+        cells = " | ".join(f"{r['directions'][d]['vs_dense']:.2f}x" for d in DIRECTIONS)
+        lines.append(f"| {r['layer']} (x{r['count']}) | {r['scheme']} | {r['density']:.0%} | {cells} |")
+    for t in totals:
+        cells = " | ".join(f"**{t['directions'][d]['vs_dense']:.2f}x**" for d in DIRECTIONS)
+        lines.append(f"| measured layers, weighted by count | {t['scheme']} | {t['density']:.0%} | {cells} |")
+    return "\n".join(lines)
+
+
 def _write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -212,10 +225,11 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(bench_layer(layer, scheme, density, args.batch, cache, args.rounds, args.number))
                 _print_record(records[-1])
     totals = _totals(records)
-    print(f"\nwhole {args.model} (each shape x its layer count):")
+    print(f"\nmeasured layers of {args.model}, each weighted by its layer count:")
     for entry in totals:
         cells = "  ".join(f"{d} {v['vs_dense']:5.2f}x/{v['vs_masked']:5.2f}x" for d, v in entry["directions"].items())
         print(f"  {entry['scheme']:9s} {entry['density']:4.0%}  {cells}")
+    print("\n" + markdown_table(records, totals) + "\n")
     print(f"kernel builds: {cache.builds}, {cache.build_seconds:.1f} s in total, {cache.build_seconds / max(cache.builds, 1):.3f} s each")
     payload = {
         "model": args.model,
