@@ -1,1 +1,15 @@
-"""Custom TVM Relax passes lowering masked layers to the sparse kernels of ``schedules``."""
+"""Custom TVM Relax passes lowering masked layers to the sparse kernels of ``schedules``.
+
+One pass per module, in pipeline order (:mod:`tvm_passes.pipeline` runs them):
+
+- :mod:`~tvm_passes.importer`: PyTorch -> Relax, parameter inputs mapped to FQNs (phase 1);
+- :mod:`~tvm_passes.annotate`: ``AnnotateSparsity``, masked convs marked by FQN (phase 2);
+- :mod:`~tvm_passes.fold_batch_norm`: ``FoldBatchNorm`` (phase 3);
+- :mod:`~tvm_passes.keep_dense`: ``KeepDense``, per-target crossover table of :mod:`~tvm_passes.config` (phase 4);
+- :mod:`~tvm_passes.channel_compaction`: ``ChannelCompaction`` (phase 4);
+- :mod:`~tvm_passes.lower_sparse_conv`: ``LowerSparseConv`` with kernels from :mod:`~tvm_passes.kernels` (phase 4);
+- :mod:`~tvm_passes.tuning`: the tuning database directory (phase 6).
+
+The annotation contract shared by the passes is in :mod:`~tvm_passes.sparse_conv`; the per-layer
+report in :mod:`~tvm_passes.report`; ``python -m tvm_passes.bench`` is the benchmark.
+"""
