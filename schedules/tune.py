@@ -337,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - devices raises its own one-line errors
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if session.emulated:
+        print(f"warning: {args.session} session: timings under emulation are no speed of {args.target}; the records only show the search runs", file=sys.stderr)
     jobs = []
     for layer in layers:
         fmt = layer_format(layer, args.scheme, args.density, args.seed)
