@@ -107,11 +107,18 @@ def _layer_masks(masks: Mapping[str, torch.Tensor], schemes: Mapping[str, str]) 
     return {fqn: LayerMask(scheme, masks[fqn].detach().cpu().numpy().astype(bool)) for fqn, scheme in schemes.items()}
 
 
-def _bound_params(imported, masks: Mapping[str, torch.Tensor], schemes: Mapping[str, str]) -> dict[str, np.ndarray]:
-    """Parameter values with the masks of non-conv parameters (e.g. channel-coupled BN) applied."""
+def _bound_params(imported, masks: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Parameter values with every mask applied (conv weights and e.g. channel-coupled BN parameters).
+
+    A weight outside its mask does not exist; the trainer keeps it zero, and this makes it so for any
+    masked parameter, including one no pass lowers (a masked classifier).
+    """
     values = dict(imported.params)
+    unknown = sorted(set(masks) - set(imported.param_fqns.values()))
+    if unknown:
+        raise MaskError(f"mask for {unknown[0]!r} names no parameter of the model")
     for name, fqn in imported.param_fqns.items():
-        if fqn in masks and fqn not in schemes:
+        if fqn in masks:
             mask = masks[fqn].detach().cpu().numpy()
             if mask.shape != values[name].shape:
                 raise MaskError(f"mask for {fqn} has shape {list(mask.shape)}, parameter has {list(values[name].shape)}")
@@ -174,7 +181,7 @@ def compile_model(
     # Phase 2: annotate masked convs by FQN, then bind the (masked) parameters as constants.
     def annotate():
         annotated = AnnotateSparsity(layers, imported.param_fqns)(mod)
-        return relax.transform.BindParams("main", _bound_params(imported, masks, schemes))(annotated)
+        return relax.transform.BindParams("main", _bound_params(imported, masks))(annotated)
 
     mod = phases.run("annotate", annotate)
 

@@ -97,3 +97,12 @@ def test_tiny_aarch64_under_emulator_matches_pytorch_eval(scheme, tiny_models, r
     vm = relax.VirtualMachine(session.load(compiled.executable, f"tiny_{scheme}").module, session.device)
     x = np.random.default_rng(3).standard_normal(INPUT).astype(np.float32)
     assert_logits_close(session.numpy(vm["main"](session.array(x))), _logits(model, x))
+
+
+def test_a_mask_for_no_parameter_is_refused(tiny_models):
+    from tvm_passes.errors import MaskError
+
+    model, state = tiny_models["irregular"]
+    masks = {**state.masks, "layer9.conv.weight": torch.ones(3, dtype=torch.bool)}
+    with pytest.raises(MaskError, match="'layer9.conv.weight' names no parameter"):
+        compile_model(model, masks, state.schemes, INPUT, CompileConfig("x86"), SchedulesKernels("x86"))
