@@ -17,7 +17,7 @@ from mest.checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint
 from mest.cli import run_main
 from mest.config import BACKENDS, DEFAULT_PRESET, PRESETS, get_preset
 from mest.errors import CheckpointError, ConfigError
-from mest.trainer import PLOT_NAME, Trainer
+from mest.trainer import PLOT_NAME, Trainer, run_summary
 
 #: Flags that override fields of the preset's TrainConfig (flag name = field name).
 OVERRIDES = {
@@ -77,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training {config.model} on {config.dataset}: {config.scheme} sparsity {config.sparsity:g}, "
               f"schedule {config.schedule}, {config.epochs} epochs -> {out_dir}")
     final = trainer.run()
-    seconds = sum(m["seconds"] for m in trainer.history)
+    summary = run_summary(trainer.history)
     print(f"test accuracy {final['test_acc']:.4f} at density {final['density']:.4f} of the sparse layers "
-          f"({len(trainer.history)} epochs, {seconds:.0f} s of training)")
+          f"({len(trainer.history)} epochs, {summary['seconds']:.0f} s, backend {trainer.config.backend})")
+    print(f"throughput {summary['examples_per_s']:.0f} examples/s (median epoch); sparse-layer training state "
+          f"{summary['state_bytes'] / 1024:.0f} KiB = {summary['state_ratio']:.2f}x of dense; mutation + kernel "
+          f"builds {summary['mutation_and_build_seconds']:.1f} s = {summary['mutation_and_build_share'] * 100:.1f}% of the run")
     print(f"checkpoint {resolve_checkpoint_path(trainer.out_dir)}, plot {trainer.out_dir / PLOT_NAME}")
     return 0
 

@@ -118,6 +118,7 @@ class Trainer:
         """Removal, mutation, one pass over the kept examples, evaluation, metrics, checkpoint."""
         epoch, config = self.epoch, self.config
         started = time.perf_counter()
+        builds_before = self._kernel_build_seconds()
         if config.remove_epoch is not None and epoch == config.remove_epoch and config.remove_count:
             self.remove_unforgettable()
         mutation = None
@@ -128,14 +129,20 @@ class Trainer:
             mutation = {"seconds": time.perf_counter() - t0,
                         "pruned": sum(r.pruned for r in records.values()),
                         "grown": sum(r.grown for r in records.values())}
+        train_started = time.perf_counter()
         train_loss, train_acc = self.train_one_epoch()
+        train_seconds = time.perf_counter() - train_started
         self.scheduler.step()
         test_loss, test_acc = evaluate(self.model, self.data, config.batch_size)
+        held, dense = self.sparse.state_bytes()
         metrics = {
             "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
             "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
             "examples": len(self.kept_examples), "density": self.sparse.overall_density(),
             "layer_density": self.sparse.densities(), "mutation": mutation,
+            "train_seconds": train_seconds, "examples_per_s": len(self.kept_examples) / train_seconds,
+            "kernel_build_seconds": self._kernel_build_seconds() - builds_before,
+            "state_bytes": {"sparse_layers": held, "dense_equivalent": dense},
             "seconds": time.perf_counter() - started,
         }
         self.history.append(metrics)
@@ -146,6 +153,14 @@ class Trainer:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f} train acc {train_acc:.3f} "
                        f"test acc {test_acc:.3f} density {metrics['density']:.3f}")
         return metrics
+
+    def _kernel_build_seconds(self) -> float:
+        """Seconds spent building TVM kernels so far in this process (0 for torch-mask)."""
+        if self.config.backend != "tvm":
+            return 0.0
+        from schedules.cache import default_cache
+
+        return default_cache().build_seconds
 
     def train_one_epoch(self) -> tuple[float, float]:
         """One pass over the kept examples; returns mean loss and accuracy."""
@@ -212,6 +227,21 @@ class Trainer:
         from mest.report import plot_history
 
         return plot_history(self.history, self.out_dir / PLOT_NAME)
+
+
+def run_summary(history: list[dict]) -> dict:
+    """Throughput, training-state bytes and mutation + kernel-build share of a run's history."""
+    steady = history[1:] or history
+    total = sum(m["seconds"] for m in history)
+    overhead = sum((m["mutation"] or {}).get("seconds", 0.0) + m.get("kernel_build_seconds", 0.0) for m in history)
+    state = history[-1]["state_bytes"]
+    return {
+        "examples_per_s": sorted(m["examples_per_s"] for m in steady)[len(steady) // 2],
+        "state_bytes": state["sparse_layers"], "dense_state_bytes": state["dense_equivalent"],
+        "state_ratio": state["sparse_layers"] / state["dense_equivalent"],
+        "mutation_and_build_seconds": overhead, "mutation_and_build_share": overhead / total if total else 0.0,
+        "seconds": total,
+    }
 
 
 @torch.no_grad()
