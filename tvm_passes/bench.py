@@ -5,13 +5,15 @@ with masks of that scheme (pruned by magnitude from a random init, as the traine
 is compiled for x86 by :func:`tvm_passes.pipeline.compile_model`, and timed against
 
 - **TVM dense**: the same weights, no masks, compiled by the same pipeline (so the dense operators get
-  the same tuning database, tuned or not: the report says how many records it holds);
+  the same tuning database; ``--dense-trials`` tunes them with MetaSchedule first, 0 leaves them
+  untuned: the JSON says how many records the database holds);
 - **PyTorch eval**: the model in eval mode (oneDNN), with the masked weights.
 
 Timing: rounds interleave every variant (``schedules.measure.interleaved``) so bursts of load from
 other processes hit all alike; medians over rounds are reported with the ratios, printed and written
 as JSON (``--json``, default ``bench-tvm_passes.json``). The logits of each compiled model are
-checked against PyTorch first. Not a test: a measurement on this machine.
+checked against PyTorch first. ``--sparse-trials`` tunes the sparse kernels the database lacks
+(``schedules``' knob search) before compiling. Not a test: a measurement on this machine.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def _parse(argv):
     parser.add_argument("--image", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--number", type=int, default=3)
+    parser.add_argument("--sparse-trials", type=int, default=8, help="knob-search trials per sparse kernel the database lacks")
+    parser.add_argument("--dense-trials", type=int, default=0, help="MetaSchedule trials for dense operators the database lacks")
     parser.add_argument("--tune-db", default=None, help="tuning database directory (default: the user's cache one)")
     parser.add_argument("--json", default="bench-tvm_passes.json")
     return parser.parse_args(argv)
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     from schedules.threads import num_threads
 
     from .config import CompileConfig
-    from .kernels import SchedulesKernels
+    from devices.sessions import open_session
+
+    from .kernels import SchedulesKernels, SparseTuning
     from .pipeline import compile_model
     from .tuning import TuningDatabase, default_database_dir
 
@@ -66,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     database = TuningDatabase(args.tune_db or default_database_dir(), warn=lambda t: print(f"warning: {t}", file=sys.stderr))
     shape = (args.batch, 3, args.image, args.image)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    config = CompileConfig("x86", batch=args.batch)
+    config = CompileConfig("x86", batch=args.batch, tune_trials=args.dense_trials)
+    session = open_session("local", "x86")
+    runner = "local" if args.dense_trials else None
+    tuning = SparseTuning(session, args.sparse_trials, lambda t: print(t, file=sys.stderr)) if args.sparse_trials else None
     results = {
         "machine": f"{platform.machine()} {spec.description}, {os.cpu_count()} cores, {num_threads()} threads",
         "model": args.model, "batch": args.batch, "image": args.image, "sparsity": args.sparsity,
-        "dense_tuning_records": len(database.ms_database.get_all_tuning_records()),
-        "sparse_tuning_records": len(database.sparse),
+        "sparse_trials": args.sparse_trials, "dense_trials": args.dense_trials,
         "schemes": {},
     }
     print(f"{args.model}, batch {args.batch}, {args.image}x{args.image}, sparsity {args.sparsity:g}; {results['machine']}")
@@ -88,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         start = time.perf_counter()
         sparse = compile_model(model, state.masks, state.schemes, shape, config,
-                               SchedulesKernels("x86", database.sparse), database=database)
+                               SchedulesKernels("x86", database.sparse, tuning), database=database, tuning_runner=runner)
         sparse_compile = time.perf_counter() - start
         start = time.perf_counter()
-        dense = compile_model(model, {}, {}, shape, config, SchedulesKernels("x86"), database=database)
+        dense = compile_model(model, {}, {}, shape, config, SchedulesKernels("x86"), database=database,
+                              tuning_runner=runner)
         dense_compile = time.perf_counter() - start
         vm, run_sparse = vm_runner(sparse)
         _, run_dense = vm_runner(dense)
@@ -121,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             f"max logit err {error:.1e} | compile {sparse_compile:.1f} s"
         )
         sys.stdout.flush()
+    results["dense_tuning_records"] = len(database.ms_database.get_all_tuning_records())
+    results["sparse_tuning_records"] = len(database.sparse)
+    session.close()
     path = Path(args.json)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(results, indent=1))

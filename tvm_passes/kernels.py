@@ -24,7 +24,7 @@ from schedules.cache import workload
 from schedules.database import TuningDatabase as SparseDatabase
 from schedules.errors import SparseFormatError, UnsupportedKernelError
 from schedules.formats import SparseFormat, pack
-from schedules.tune import KnobRanker, tune_kernel
+from schedules.tune import KnobRanker, knob_space, tune_kernel
 
 from .errors import CompileError
 
@@ -77,14 +77,16 @@ class SchedulesKernels:
             raise CompileError(f"cannot pack a {scheme} layer: {exc}") from exc
 
     def _record(self, fmt: SparseFormat, x_shape: tuple[int, ...], stride: int):
-        if self.tuning is not None:
-            if self.tuning.progress:
-                self.tuning.progress(f"tuning {fmt.scheme} kernel {list(fmt.weight_shape)} on {list(x_shape)}")
-            return tune_kernel(self.tuning.session, self.database, self.ranker, fmt, "forward", x_shape, stride,
-                               self.tuning.trials).record
-        if self.database is not None:
-            return self.database.lookup(workload(fmt, "forward", x_shape, stride, self.target))
-        return None
+        known = self.database.lookup(workload(fmt, "forward", x_shape, stride, self.target)) if self.database else None
+        if self.tuning is None:
+            return known
+        budget = min(self.tuning.trials, len(knob_space(fmt, "forward", x_shape, stride)))
+        if known is not None and known.trials >= budget:
+            return known
+        if self.tuning.progress:
+            self.tuning.progress(f"tuning {fmt.scheme} kernel {list(fmt.weight_shape)} on {list(x_shape)}, {budget} trials")
+        return tune_kernel(self.tuning.session, self.database, self.ranker, fmt, "forward", x_shape, stride,
+                           self.tuning.trials).record
 
     def forward_primfunc(self, fmt: Any, x_shape: tuple[int, ...], stride: int) -> tuple[tirx.PrimFunc, str]:
         """Scheduled forward kernel and a description of its knobs."""

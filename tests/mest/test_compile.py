@@ -63,15 +63,15 @@ def test_x86_compile_writes_library_params_and_report(trained_run, tmp_path, cac
         assert any(name.endswith("/values") for name in params.files)
 
 
-def test_arm_library_runs_under_the_emulator(trained_run, tmp_path, cache):
+def test_arm_library_runs_under_the_emulator_by_default(trained_run, tmp_path, cache):
     try:
         get_target("arm64").require_tools(need_qemu=True)
     except ToolchainMissingError as err:
         pytest.skip(str(err))
     out = tmp_path / "arm"
-    assert main([str(trained_run), "--target", "arm", "--session", "emulator", "--out", str(out)]) == 0
+    assert main([str(trained_run), "--target", "arm", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["target"] == "arm64" and "emulator" in report["check"]
+    assert report["target"] == "arm64" and report["session"] == "emulator" and "emulator" in report["check"]
     assert all(layer["time_ms"] is None for layer in report["layers"])  # emulated: no speed
     assert (out / "model.so").read_bytes()[:4] == b"\x7fELF"
 
@@ -102,6 +102,11 @@ def test_checkpoint_without_masks(trained_run, tmp_path, capsys, cache):
     save_checkpoint(path, {k: v for k, v in state.items() if k not in ("format", "version")})
     assert main([str(path), "--target", "x86"]) == 2
     assert "has no masks" in _one_error_line(capsys)
+
+
+def test_tuning_for_arm_without_a_real_device_is_refused(trained_run, capsys, cache):
+    assert main([str(trained_run), "--target", "arm", "--trials", "4", "--session", "emulator"]) == 2
+    assert "needs a device that measures real speed" in _one_error_line(capsys)
 
 
 def test_missing_toolchain(trained_run, capsys, cache, monkeypatch):
