@@ -12,8 +12,9 @@ Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
    :class:`~tvm_passes.lower_sparse_conv.LowerSparseConv` (scheme kernels of ``schedules``);
 5. **legalize + fuse** the remaining Relax operators (``LegalizeOps``, ``FoldConstant``, ``FuseOps``,
    ``FuseTIR``);
-6. **tuning database**: tune the dense operators missing from it if trials are asked for, then apply it
-   (:mod:`tvm_passes.tuning`);
+6. **tuning database**: tune the dense operators missing from it if trials are asked for, apply it
+   (:mod:`tvm_passes.tuning`), and give the dense convs it lacks the default schedule
+   (:class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`);
 7. **build** for the target of the ``devices`` table.
 """
 
@@ -41,6 +42,7 @@ from .importer import import_model
 from .keep_dense import KeepDense
 from .lower_sparse_conv import KernelSource, LowerSparseConv
 from .report import LayerReport, layer_reports
+from .schedule_dense_conv import ScheduleDenseConv
 from .sparse_conv import annotated_layers
 from .tuning import TuningDatabase
 
@@ -214,13 +216,16 @@ def compile_model(
         )(mod),
     )
 
-    # Phase 6: tuning database for the dense operators (tune what it lacks if asked, then apply).
-    if database is not None:
-        trials = config.tune_trials if tuning_runner is not None else 0
-        mod = phases.run(
-            "tuning database",
-            lambda: database.tune_and_apply(mod, target, trials, progress, tuning_runner or "local"),
-        )
+    # Phase 6: tuning database for the dense operators (tune what it lacks if asked, then apply);
+    # the dense convs it has no record for get the default schedule.
+    def tuned():
+        applied = mod
+        if database is not None:
+            trials = config.tune_trials if tuning_runner is not None else 0
+            applied = database.tune_and_apply(mod, target, trials, progress, tuning_runner or "local")
+        return ScheduleDenseConv()(applied)
+
+    mod = phases.run("tuning database", tuned)
 
     # Phase 7: build for the target.
     executable = phases.run("build", lambda: tvm.compile(mod, target))

@@ -73,7 +73,8 @@ def test_ir_is_dumped_after_every_phase(tiny_models, tmp_path):
     model, state = tiny_models["block"]
     _compile(model, state, dump_dir=tmp_path)
     names = sorted(path.name for path in tmp_path.iterdir())
-    assert names == ["01_import.py", "02_annotate.py", "03_fold.py", "04_lower.py", "05_legalize_and_fuse.py"]
+    assert names == ["01_import.py", "02_annotate.py", "03_fold.py", "04_lower.py", "05_legalize_and_fuse.py",
+                     "06_tuning_database.py"]
     assert "mest.sparse_conv2d" in (tmp_path / "02_annotate.py").read_text()
     assert "R.call_tir(cls.sparse_block_" in (tmp_path / "04_lower.py").read_text()
 
