@@ -12,7 +12,9 @@ is compiled for x86 by :func:`tvm_passes.pipeline.compile_model`, and timed agai
 Timing: rounds interleave every variant (``schedules.measure.interleaved``) so bursts of load from
 other processes hit all alike; medians over rounds are reported with the ratios, printed and written
 as JSON (``--json``, default ``bench-tvm_passes.json``). The logits of each compiled model are
-checked against PyTorch first. ``--sparse-trials`` tunes the sparse kernels the database lacks
+checked against PyTorch first. ``--crossover`` instead times one conv layer, sparse over a grid of
+densities against the pipeline's dense conv, and prints where sparse stops winning (the numbers of
+:data:`tvm_passes.config.DENSE_CROSSOVER`). ``--sparse-trials`` tunes the sparse kernels the database lacks
 (``schedules``' knob search) before compiling. Not a test: a measurement on this machine.
 """
 
@@ -40,7 +42,63 @@ def _parse(argv):
     parser.add_argument("--dense-trials", type=int, default=0, help="MetaSchedule trials for dense operators the database lacks")
     parser.add_argument("--tune-db", default=None, help="tuning database directory (default: the user's cache one)")
     parser.add_argument("--json", default="bench-tvm_passes.json")
+    parser.add_argument("--crossover", action="store_true",
+                        help="instead: time one conv layer sparse vs dense over densities, to fill DENSE_CROSSOVER")
+    parser.add_argument("--layer", default="64,64,16", help="crossover layer: in,out,size (stride 1)")
     return parser.parse_args(argv)
+
+
+def _one_conv(in_channels: int, out_channels: int):
+    """A model of one bias-free 3x3 conv (its weight is ``0.weight``), for the crossover measurement."""
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False))
+
+
+def _crossover(args) -> dict:
+    """Per scheme, times of the sparse kernel over densities against the dense conv of the pipeline."""
+    import numpy as np
+    import torch
+    import tvm
+    from tvm import relax
+
+    from schedules.masks import random_mask
+    from schedules.measure import interleaved
+
+    from .config import CompileConfig
+    from .kernels import SchedulesKernels
+    from .pipeline import compile_model
+    from .tuning import TuningDatabase, default_database_dir
+
+    in_channels, out_channels, size = (int(v) for v in args.layer.split(","))
+    shape = (args.batch, in_channels, size, size)
+    database = TuningDatabase(args.tune_db or default_database_dir())
+    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    model = _one_conv(in_channels, out_channels).eval()
+    always_sparse = CompileConfig("x86", batch=args.batch, crossover={s: 1.0 for s in ("irregular", "block", "pattern")})
+
+    def runner(masks, schemes):
+        compiled = compile_model(model, masks, schemes, shape, always_sparse, SchedulesKernels("x86", database.sparse),
+                                 database=database)
+        vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+        return lambda: vm["main"](x)
+
+    grids = {"irregular": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7), "block": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7),
+             "pattern": (0.111, 0.222, 0.333, 0.444)}
+    result = {"layer": args.layer, "batch": args.batch, "schemes": {}}
+    for scheme in [s.strip() for s in args.schemes.split(",") if s.strip() in grids]:
+        functions = {"dense": runner({}, {})}
+        for density in grids[scheme]:
+            mask = random_mask(scheme, (out_channels, in_channels, 3, 3), density, torch.Generator().manual_seed(0))
+            functions[f"{density:g}"] = runner({"0.weight": mask}, {"0.weight": scheme})
+        timing = {name: m.median_s * 1e3 for name, m in interleaved(functions, args.rounds, args.number).items()}
+        dense = timing.pop("dense")
+        wins = [float(d) for d, ms in timing.items() if ms < dense]
+        result["schemes"][scheme] = {"dense_ms": dense, "sparse_ms": timing, "crossover": max(wins, default=0.0)}
+        cells = "  ".join(f"{d}: {ms:.2f}" for d, ms in timing.items())
+        print(f"{scheme:9s} dense {dense:.2f} ms | sparse ms by density {cells} | sparse wins up to {max(wins, default=0.0):g}")
+        sys.stdout.flush()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     from .tuning import TuningDatabase, default_database_dir
 
     torch.set_num_threads(num_threads())
+    if args.crossover:
+        _write_json(Path(args.json), _crossover(args))
+        return 0
     spec = get_target("x86")
     database = TuningDatabase(args.tune_db or default_database_dir(), warn=lambda t: print(f"warning: {t}", file=sys.stderr))
     shape = (args.batch, 3, args.image, args.image)
@@ -133,12 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     results["dense_tuning_records"] = len(database.ms_database.get_all_tuning_records())
     results["sparse_tuning_records"] = len(database.sparse)
     session.close()
-    path = Path(args.json)
+    _write_json(Path(args.json), results)
+    return 0
+
+
+def _write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
+    tmp.write_text(json.dumps(payload, indent=1))
     os.replace(tmp, path)
     print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":
