@@ -11,16 +11,18 @@ from dataclasses import dataclass, field, replace
 from devices.targets import TargetSpec
 
 #: Highest density at which the scheme's sparse kernel is used instead of the dense conv, per target.
-#: Above it the layer stays dense (``KeepDense``) and the report says so. x86: from the kernel probe of
-#: ``../shared/notes/tvm.md`` (CSR 4.9x and 4x1 blocks 9.5x faster than oneDNN at 10%, time linear in
-#: the non-zeros, so the break-even sits near 40-50%; set a margin below). Pattern kernels compute 4 of 9
-#: taps even with every kernel kept (density 4/9), so pattern is never dense. Channel compaction is a
-#: smaller dense conv: it always wins. ARM: no device measured yet; the same table as x86, to be replaced
-#: by measurements through a tracker session.
+#: Above it the layer stays dense (``KeepDense``) and the report says so. x86 measured with
+#: ``python -m tvm_passes.bench --crossover`` (batch 4, layers 64->64 at 16x16 and 32->32 at 32x32,
+#: AMD znver3, 2 shared cores, sparse kernels with 8-trial knobs vs the pipeline's scheduled dense
+#: conv): irregular won up to density 0.5 and lost at 0.7, block won up to 0.7 (the top of the grid),
+#: pattern won at every density it can have (4/9 at most); the table keeps a margin below the
+#: measured break-even. Channel compaction is a smaller dense conv: it always wins. ARM: no device
+#: was measured (the emulator's times are no speed); the x86 values stand in until a tracker
+#: session measures one.
 DENSE_CROSSOVER: dict[str, dict[str, float]] = {
-    "x86": {"irregular": 0.30, "block": 0.40, "pattern": 1.0, "channel": 1.0},
-    "arm64": {"irregular": 0.30, "block": 0.40, "pattern": 1.0, "channel": 1.0},
-    "armv7": {"irregular": 0.30, "block": 0.40, "pattern": 1.0, "channel": 1.0},
+    "x86": {"irregular": 0.40, "block": 0.60, "pattern": 1.0, "channel": 1.0},
+    "arm64": {"irregular": 0.40, "block": 0.60, "pattern": 1.0, "channel": 1.0},
+    "armv7": {"irregular": 0.40, "block": 0.60, "pattern": 1.0, "channel": 1.0},
 }
 
 
