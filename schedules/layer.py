@@ -23,7 +23,7 @@ from torch import nn
 
 from schedules.cache import KernelCache, default_cache
 from schedules.errors import SparseFormatError
-from schedules.formats import ChannelFormat, SparseFormat, pack
+from schedules.formats import DIRECTIONS, ChannelFormat, SparseFormat, pack
 
 
 def _index_tensors(fmt: SparseFormat, direction: str) -> list[Any]:
@@ -128,7 +128,7 @@ class SparseConv2d(nn.Module):
             self._arguments = {}
             self._kept = torch.from_numpy(fmt.indices["kept"][: fmt.filters_used].astype(np.int64))
         else:
-            self._arguments = {d: _index_tensors(fmt, d) for d in ("forward", "grad_input", "grad_weight")}
+            self._arguments = {d: _index_tensors(fmt, d) for d in DIRECTIONS}
 
     def repack(self, weight: torch.Tensor, mask: torch.Tensor, capacity: int | None = None) -> None:
         """Take a new mask (after a mutation): re-pack values and indices, keep the parameter object.
@@ -162,7 +162,7 @@ class SparseConv2d(nn.Module):
     def kernels(self, x_shape: tuple[int, ...]) -> dict[str, Any]:
         """The three built kernels for ``x_shape`` (from the cache, remembered until the next re-pack)."""
         if x_shape not in self._kernels:
-            self._kernels[x_shape] = {d: self.cache.get(self._format, d, x_shape, self.stride) for d in ("forward", "grad_input", "grad_weight")}
+            self._kernels[x_shape] = {d: self.cache.get(self._format, d, x_shape, self.stride) for d in DIRECTIONS}
         return self._kernels[x_shape]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

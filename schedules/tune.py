@@ -32,7 +32,7 @@ import torch
 
 from schedules.cache import compile_kernel, workload
 from schedules.database import Record, TuningDatabase, Workload
-from schedules.formats import SCHEMES, SparseFormat, pack
+from schedules.formats import DIRECTIONS, SCHEMES, SparseFormat, pack
 from schedules.kernels import by_parity, output_shape
 from schedules.kernels.entries import entries
 from schedules.kernels.gather_conv import gather_extent
@@ -42,7 +42,6 @@ from schedules.measure import interleaved
 from schedules.threads import num_threads
 from schedules.workloads import ConvLayer, model_layers
 
-KERNEL_DIRECTIONS = ("forward", "grad_input", "grad_weight")
 
 
 def knob_space(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int) -> list[Knobs]:
@@ -65,7 +64,7 @@ def features(knobs: Knobs, fmt: SparseFormat, direction: str, x_shape: tuple[int
         knobs.rows, knobs.width, float(knobs.tile_outer), knobs.lanes, knobs.chunks,
         knobs.rows * max(knobs.width, knobs.lanes) * walk.group * walk.taps,
         walk.group, walk.taps, walk.rows, walk.src_channels, x_shape[0], x_shape[2], x_shape[3], stride,
-        density, KERNEL_DIRECTIONS.index(direction),
+        density, DIRECTIONS.index(direction),
     ]
 
 
@@ -303,7 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=16, help="candidates measured per kernel at most")
     parser.add_argument("--db", default=None, help="tuning database JSON file (default: the user's cache one)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--directions", default=",".join(KERNEL_DIRECTIONS))
+    parser.add_argument("--directions", default=",".join(DIRECTIONS))
     parser.add_argument("--layers", default="", help="comma-separated layer names (default all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retune", action="store_true", help="search again even where the database has a record")
@@ -325,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [n.strip() for n in args.layers.split(",") if n.strip()]
     layers = [layer for layer in layers if not wanted or layer.name in wanted]
     directions = [d.strip() for d in args.directions.split(",") if d.strip()]
-    if not layers or any(d not in KERNEL_DIRECTIONS for d in directions):
-        print(f"error: no such layer {args.layers!r}" if not layers else f"error: directions are {', '.join(KERNEL_DIRECTIONS)}", file=sys.stderr)
+    if not layers or any(d not in DIRECTIONS for d in directions):
+        print(f"error: no such layer {args.layers!r}" if not layers else f"error: directions are {', '.join(DIRECTIONS)}", file=sys.stderr)
         return 2
     torch.set_num_threads(num_threads())
     database = TuningDatabase(args.db)
