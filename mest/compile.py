@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="checkpoint file of mest.train, or its run directory")
     parser.add_argument("--target", required=True, help="x86, arm (= arm64), arm64 or armv7")
     parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: under ~/.cache/mest-tvm)")
-    parser.add_argument("--trials", type=int, default=0, help="MetaSchedule trials for dense operators the database lacks")
+    parser.add_argument("--trials", type=int, default=0, help="tune what the database lacks first: N knob-search trials per sparse kernel, "
+                        "N MetaSchedule trials over the dense operators (default 0: use the database as is)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: <run dir>/compiled-<target>)")
     parser.add_argument("--session", help="local | rpc | emulator | tracker:HOST:PORT:KEY (default: local on x86, "
                         "the emulator for arm64 when qemu is installed, none for armv7)")
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from devices.sessions import open_session
-    from devices.targets import export_library, get_target, tvm_target
+    from devices.targets import EMULATION_RPC, export_library, get_target, tvm_target
     from mest.checkpoint import load_checkpoint, model_from_checkpoint
     from tvm_passes.config import CompileConfig
     from tvm_passes.errors import CompileError
@@ -165,7 +166,13 @@ def run(args: argparse.Namespace) -> int:
         _atomic_bytes(out / "params.npz", buffer.getvalue())
         report["compile_seconds"] = round(time.perf_counter() - start, 3)
         report["phase_seconds"] = {name: round(value, 3) for name, value in compiled.phase_seconds.items()}
-        if session is not None:
+        if session is None:
+            report["check"] = (
+                f"not run: no session runs a whole model for {spec.name} here"
+                + (" (no TVM runtime exists for it under emulation)" if spec.emulation != EMULATION_RPC else
+                   f" (install {' '.join(spec.debian_packages)} for the emulator, or give --session)")
+            )
+        else:
             vm = load_on(session, compiled)
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             logits = session.numpy(vm["main"](session.array(x)))
