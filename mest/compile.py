@@ -8,9 +8,10 @@ target of the ``devices`` table, and writes to ``--out`` (default ``<run dir>/co
 - ``report.json``: per layer the scheme, density, kernel, bytes dense vs stored and time where the
   target can be timed here; the phases' and total compile time; the check against PyTorch.
 
-With a session (``local`` by default on x86, the qemu emulator by default for arm64 when installed) the
-library is loaded there and its logits are compared with PyTorch eval on a random batch; armv7 has no
-TVM runtime to run a whole model under emulation, so its library is built and cross-linked only. Bad input
+With a session (``local`` by default on x86, the qemu emulator by default for ARM when installed) the
+library is loaded there and its logits are compared with PyTorch eval on a random batch. armv7 has no
+TVM runtime to run a whole model under emulation: its sparse kernels are run one by one by the
+``devices`` kernel runner under qemu-arm and compared with the same kernels built for this host. Bad input
 (no masks, an unknown target, a missing toolchain, an unreadable checkpoint, a model the import cannot
 take) prints one ``error:`` line and exits with code 2. A corrupt tuning database is a warning.
 """
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                         "N MetaSchedule trials over the dense operators (default 0: use the database as is)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: <run dir>/compiled-<target>)")
     parser.add_argument("--session", help="local | rpc | emulator | tracker:HOST:PORT:KEY (default: local on x86, "
-                        "the emulator for arm64 when qemu is installed, none for armv7)")
+                        "the emulator for ARM when qemu is installed)")
     parser.add_argument("--batch", type=int, default=1, help="static batch size of the compiled module")
     parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR")
     return parser
@@ -72,16 +73,14 @@ def _print_report(report: dict) -> None:
     if report.get("model_time"):
         print(f"whole model (batch {report['batch']}): {report['model_time']}")
     if report.get("check"):
-        print(f"check vs PyTorch eval: {report['check']}")
+        print(f"check: {report['check']}")
 
 
 def _default_session(spec) -> str | None:
-    """``local`` on the host; the emulator for arm64 when qemu is installed; none otherwise."""
-    from devices.targets import EMULATION_RPC
-
+    """``local`` on the host; the emulator for ARM when qemu is installed; none otherwise."""
     if spec.is_host:
         return "local"
-    if spec.emulation == EMULATION_RPC and not spec.missing_tools(need_qemu=True):
+    if spec.emulation is not None and not spec.missing_tools(need_qemu=True):
         return "emulator"
     return None
 
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from tvm_passes.errors import CompileError
     from tvm_passes.kernels import SchedulesKernels, SparseTuning
     from tvm_passes.pipeline import compile_model, load_on, time_model
-    from tvm_passes.report import time_layers
+    from tvm_passes.report import check_kernels, time_layers
     from tvm_passes.tuning import TuningDatabase, default_database_dir
 
     start = time.perf_counter()
@@ -168,9 +167,14 @@ def run(args: argparse.Namespace) -> int:
         report["phase_seconds"] = {name: round(value, 3) for name, value in compiled.phase_seconds.items()}
         if session is None:
             report["check"] = (
-                f"not run: no session runs a whole model for {spec.name} here"
-                + (" (no TVM runtime exists for it under emulation)" if spec.emulation != EMULATION_RPC else
-                   f" (install {' '.join(spec.debian_packages)} for the emulator, or give --session)")
+                f"not run: no session for {spec.name} (install {' '.join(spec.debian_packages)} for the emulator, "
+                "or give --session)"
+            )
+        elif spec.emulation not in (None, EMULATION_RPC) and session.emulated:
+            count, error = check_kernels(compiled.mod, tvm_target(spec), session)
+            report["check"] = (
+                f"{count} sparse kernels match the host build to {error:.1e} (relative) on {session.describe()}; "
+                f"the whole model is not run: no TVM runtime exists for {spec.name} under emulation"
             )
         else:
             vm = load_on(session, compiled)

@@ -161,3 +161,45 @@ def time_layers(mod: tvm.IRModule, layers: list[LayerReport], target: tvm.target
         y = np.zeros([int(d) for d in prim.params[-1].shape], dtype=str(prim.params[-1].dtype))
         args = [session.array(a) for a in (x, *kernel_arguments(mod, gvar), y)]
         layer.time_ms = session.time(loaded, name, args, number=5, repeat=5).median_s * 1e3
+
+
+def check_kernels(mod: tvm.IRModule, target: tvm.target.Target, session) -> tuple[int, float]:
+    """Run each sparse kernel on ``session`` and compare it with the same kernel built for this host.
+
+    For targets whose whole model cannot run under emulation (armv7: no TVM runtime), this checks the
+    cross-compiled kernels themselves, with their real format buffers and a random input.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The module that was built (``CompiledModel.mod``).
+    target : tvm.target.Target
+        The target of ``session``.
+    session : devices.sessions.Session
+        Where to run the target's kernels.
+
+    Returns
+    -------
+    tuple[int, float]
+        Number of kernels checked and the largest absolute difference, relative to the largest
+        output magnitude.
+    """
+    host = tvm.target.Target("llvm")
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    kernels = sparse_kernels(mod)
+    for gvar, prim in kernels.values():
+        name = gvar.name_hint
+        single = tvm.IRModule({name: prim.with_attr("global_symbol", name)})
+        x = rng.standard_normal([int(d) for d in prim.params[0].shape]).astype(str(prim.params[0].dtype))
+        y_shape = [int(d) for d in prim.params[-1].shape]
+        inputs = [x, *kernel_arguments(mod, gvar)]
+        expected = tvm.runtime.tensor(np.zeros(y_shape, dtype=str(prim.params[-1].dtype)))
+        tvm.compile(single, host)[name](*(tvm.runtime.tensor(a) for a in inputs), expected)
+        loaded = session.load(tvm.compile(single, target), name)
+        out = session.array(np.zeros(y_shape, dtype=str(prim.params[-1].dtype)))
+        loaded[name](*(session.array(a) for a in inputs), out)
+        reference = expected.numpy()
+        scale = max(float(np.abs(reference).max()), 1e-12)
+        worst = max(worst, float(np.abs(session.numpy(out) - reference).max()) / scale)
+    return len(kernels), worst

@@ -76,6 +76,18 @@ def test_arm_library_runs_under_the_emulator_by_default(trained_run, tmp_path, c
     assert (out / "model.so").read_bytes()[:4] == b"\x7fELF"
 
 
+def test_armv7_kernels_run_under_the_emulator(trained_run, tmp_path, cache):
+    try:
+        get_target("armv7").require_tools(need_qemu=True)
+    except ToolchainMissingError as err:
+        pytest.skip(str(err))
+    out = tmp_path / "armv7"
+    assert main([str(trained_run), "--target", "armv7", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["session"] == "emulator" and "sparse kernels match the host build" in report["check"]
+    assert (out / "model.so").read_bytes()[:5] == b"\x7fELF\x01"  # 32-bit ELF
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
