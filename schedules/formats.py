@@ -16,8 +16,8 @@ Layouts (``O`` output filters, ``I`` input channels, ``tap = kh * 3 + kw``):
 - channel: the kept filters' indices and their dense ``[kept, I, 3, 3]`` weight.
 
 The grad-input kernels read the transposed structure (``t_*`` arrays: CSR over input channels with
-flipped taps and a permutation into ``values``; for irregular and block its rows are further split by
-the output parity a tap feeds at stride 2), built at pack time from the same mask.
+flipped taps and a permutation into ``values``, its rows further split by the output parity a tap
+feeds at stride 2), built at pack time from the same mask.
 
 ``capacity`` (number of value slots, rounded up to the scheme's unit) sizes the buffers for an upper
 bound of non-zeros (Soft Memory Bound): padding slots hold zero values, belong to no output, and
@@ -271,13 +271,15 @@ class PatternFormat(SparseFormat):
     """``K`` kernels per filter: ``channels [O*K]``, ``pattern_ids [O*K]``, values ``[O*K, 4]``.
 
     The first :attr:`kernels_used` slots of each filter hold its kernels; padding slots (capacity above
-    the mask's kernel count) carry channel 0, pattern 0 and zero values, and no grad-input entry.
+    the mask's kernel count) carry channel 0, pattern 0 and zero values, and no grad-input entry. The
+    grad-input structure is per weight (like irregular), since a kernel's 4 taps feed different
+    output parities of a stride-2 transposed conv.
     """
 
     scheme: ClassVar[str] = "pattern"
     layout: ClassVar[dict[str, tuple[str, ...]]] = {
         "forward": ("channels", "pattern_ids", "taps", "values"),
-        "grad_input": ("t_row_ptr", "t_kernels", "pattern_ids", "taps", "values"),
+        "grad_input": ("t_row_ptr", "t_positions", "t_perm", "values"),
         "grad_weight": ("channels", "pattern_ids", "taps"),
     }
 
@@ -433,13 +435,17 @@ def _pack_pattern(weight: torch.Tensor, mask: torch.Tensor, capacity: int | None
     flat = weight.detach().reshape(out_channels, in_channels, KERNEL_TAPS)
     taps = torch.from_numpy(PATTERN_TAPS[kernel_ids].astype(np.int64))
     values[torch.from_numpy(kernel)] = torch.gather(flat[torch.from_numpy(rows), torch.from_numpy(channels)], 1, taps)
-    order = np.lexsort((rows, channels))
+    element_rows = np.repeat(rows, WEIGHTS_PER_PATTERN)
+    element_positions = (channels[:, None] * KERNEL_TAPS + PATTERN_TAPS[kernel_ids].astype(np.int64)).reshape(-1)
+    element_slots = (kernel[:, None] * WEIGHTS_PER_PATTERN + np.arange(WEIGHTS_PER_PATTERN)[None, :]).reshape(-1)
+    transposed = _transpose_entries(element_rows, element_positions, element_slots, out_channels, in_channels)
     indices = {
         "channels": _as_index(all_channels, in_channels - 1),
         "pattern_ids": _as_index(all_ids, NUM_PATTERNS - 1),
         "taps": PATTERN_TAPS.copy(),
-        "t_row_ptr": _row_ptr(channels, in_channels, out_channels * per_filter),
-        "t_kernels": _as_index(_pad(kernel[order], out_channels * per_filter), out_channels * per_filter - 1),
+        "t_row_ptr": transposed["t_row_ptr"],
+        "t_positions": _as_index(_pad(transposed["t_positions"], slots), out_channels * KERNEL_TAPS - 1),
+        "t_perm": _as_index(_pad(transposed["t_perm"], slots), slots - 1),
     }
     return PatternFormat(tuple(weight.shape), values.reshape(-1), nnz, indices, kernels_used=used)
 

@@ -33,7 +33,7 @@ import torch
 from schedules.cache import compile_kernel, workload
 from schedules.database import Record, TuningDatabase, Workload
 from schedules.formats import DIRECTIONS, SCHEMES, SparseFormat, pack
-from schedules.kernels import by_parity, output_shape
+from schedules.kernels import output_shape
 from schedules.kernels.entries import entries
 from schedules.kernels.gather_conv import gather_extent
 from schedules.kernels.knobs import Knobs, gather_space, grad_weight_space
@@ -51,7 +51,7 @@ def knob_space(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stri
     if direction == "grad_weight":
         space = grad_weight_space(y_shape[2], y_shape[3], x_shape[0], walk.group * walk.taps, num_threads())
     else:
-        space = gather_space(*_gather_extent(walk, direction, x_shape, y_shape, stride), walk.group)
+        space = gather_space(*_gather_extent(direction, x_shape, y_shape, stride), walk.group)
     default = knob_default(fmt, direction, x_shape, stride)
     return [default] + [k for k in space if k != default]
 
@@ -276,12 +276,12 @@ def knob_default(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], st
     y_shape = output_shape(fmt, x_shape, stride)
     if direction == "grad_weight":
         return resolve_grad_weight(Knobs(), y_shape[2], y_shape[3], x_shape[0], walk.group * walk.taps, num_threads())
-    return resolve_gather(Knobs(), *_gather_extent(walk, direction, x_shape, y_shape, stride), walk.group)
+    return resolve_gather(Knobs(), *_gather_extent(direction, x_shape, y_shape, stride), walk.group)
 
 
-def _gather_extent(walk, direction: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], stride: int) -> tuple[int, int]:
+def _gather_extent(direction: str, x_shape: tuple[int, ...], y_shape: tuple[int, ...], stride: int) -> tuple[int, int]:
     out = x_shape if direction == "grad_input" else y_shape
-    return gather_extent(out[2], out[3], direction == "grad_input" and by_parity(walk, stride))
+    return gather_extent(out[2], out[3], direction == "grad_input" and stride == 2)
 
 
 def layer_format(layer: ConvLayer, scheme: str, density: float, seed: int = 0) -> SparseFormat:

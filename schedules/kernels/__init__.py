@@ -16,7 +16,7 @@ from tvm import tirx
 
 from schedules.errors import UnsupportedKernelError
 from schedules.formats import SparseFormat
-from schedules.kernels.entries import Entries, entries
+from schedules.kernels.entries import entries
 from schedules.kernels.gather_conv import gather_conv
 from schedules.kernels.knobs import Knobs
 from schedules.kernels.sampled_grad import sampled_grad
@@ -89,14 +89,8 @@ def grad_input_primfunc(fmt: SparseFormat, x_shape: tuple[int, int, int, int], s
     """
     y_shape = output_shape(fmt, x_shape, stride)
     walk = entries(fmt, "grad_input")
-    parity = by_parity(walk, stride)
-    scratch = scratch_for("grad_input", stride, y_shape[1], x_shape[2], x_shape[3], parity)
-    return gather_conv(walk, y_shape, tuple(x_shape), scratch, knobs, f"{fmt.scheme}_grad_input", parity)
-
-
-def by_parity(walk: Entries, stride: int) -> bool:
-    """Whether a grad-input kernel computes its output by parity classes (stride 2, split entries)."""
-    return stride == 2 and walk.class_range is not None
+    scratch = scratch_for("grad_input", stride, y_shape[1], x_shape[2], x_shape[3])
+    return gather_conv(walk, y_shape, tuple(x_shape), scratch, knobs, f"{fmt.scheme}_grad_input", parity=stride == 2)
 
 
 def grad_weight_primfunc(fmt: SparseFormat, x_shape: tuple[int, int, int, int], stride: int, knobs: Knobs | None = None) -> tirx.PrimFunc:

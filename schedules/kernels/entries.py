@@ -58,7 +58,7 @@ class Entries:
         output channel ``g`` of the row's group.
     class_range : callable or None
         ``(buffers, row, parity_class) -> (begin, end)`` of the row's entries feeding one output
-        parity of a stride-2 transposed conv (transposed irregular/block walks only).
+        parity of a stride-2 transposed conv (the transposed walks only).
     """
 
     params: tuple[BufferSpec, ...]
@@ -144,21 +144,10 @@ def _block(fmt: SparseFormat, direction: str) -> Entries:
 
 
 def _pattern(fmt: SparseFormat, direction: str) -> Entries:
+    if direction == "grad_input":
+        return _transposed_positions(fmt, direction)
     out_channels, in_channels = fmt.weight_shape[:2]
     per_filter = fmt.kernels_per_filter
-    if direction == "grad_input":
-        return Entries(
-            params=_specs(fmt, direction),
-            rows=in_channels,
-            group=1,
-            taps=4,
-            count=len(fmt.indices["t_kernels"]),
-            src_channels=out_channels,
-            row_range=_csr("t_row_ptr"),
-            channel=lambda b, e: _i32(b["t_kernels"][e]) // per_filter,
-            tap=lambda b, e, t: (KERNEL_TAPS - 1) - _i32(b["taps"][_i32(b["pattern_ids"][_i32(b["t_kernels"][e])]), t]),
-            value_slot=lambda b, e, t, g: _i32(b["t_kernels"][e]) * 4 + t,
-        )
     return Entries(
         params=_specs(fmt, direction),
         rows=out_channels,

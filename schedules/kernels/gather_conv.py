@@ -10,9 +10,8 @@ stack buffer that LLVM keeps in registers, updated by broadcast-FMA over contigu
 and values are runtime buffers, so one build serves every mask of the same shapes and capacity.
 
 The grad-input kernel is the same template over the transposed, tap-flipped structure, so no dense
-weight is ever formed. At stride 2 the irregular and block kernels compute each of the four output
-parity classes from the entries that feed it (no wasted products); the pattern kernel, whose entries
-mix classes, runs over a zero-dilated copy of ``dy`` instead.
+weight is ever formed. At stride 2 it computes each of the four output parity classes from the
+entries that feed it (no product with an inserted zero).
 """
 
 from __future__ import annotations

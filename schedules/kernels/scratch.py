@@ -6,9 +6,6 @@ Three layouts, all flat ``float32`` buffers of ``channels * plane`` elements:
 - ``split`` (stride 2): the padded image with even and odd columns de-interleaved,
   ``[C, H+2, 2, ceil((W+2)/2)]``, so output column ``wo`` at tap ``kw`` reads ``wo + kw // 2`` of
   parity ``kw % 2``: contiguous across ``wo``.
-- ``dilate`` (grad-input of a stride-2 conv, pattern scheme): ``dy`` with zeros inserted between
-  rows and columns and a zero border, ``[O, H+2, W+2]`` in the input's resolution, so the transposed
-  conv is a stride-1 gather with flipped taps (3/4 of its products are with zeros).
 - ``tail`` (grad-input of a stride-2 conv, entries split by output parity): ``dy`` with one zero
   row and column at the end, ``[O, Ho+1, Wo+1]``; flipped tap ``(kh', kw')`` of output pixel
   ``(2a + ph, 2b + pw)`` reads ``(a + kh' // 2, b + kw' // 2)``, so no product is wasted.
@@ -37,7 +34,7 @@ class Scratch:
     Attributes
     ----------
     mode : str
-        ``"pad"``, ``"split"``, ``"dilate"`` or ``"tail"``.
+        ``"pad"``, ``"split"`` or ``"tail"``.
     channels, src_height, src_width : int
         Shape of one image of the source tensor.
     out_height, out_width : int
@@ -56,7 +53,7 @@ class Scratch:
         """Rows of one scratch channel."""
         if self.mode == "tail":
             return self.src_height + 1
-        return (self.out_height if self.mode == "dilate" else self.src_height) + 2
+        return self.src_height + 2
 
     @property
     def half_width(self) -> int:
@@ -70,7 +67,7 @@ class Scratch:
             return 2 * self.half_width
         if self.mode == "tail":
             return self.src_width + 1
-        return (self.out_width if self.mode == "dilate" else self.src_width) + 2
+        return self.src_width + 2
 
     @property
     def plane(self) -> int:
@@ -116,13 +113,6 @@ class Scratch:
                         load = src[n, c, T.min(hp, last_h), T.min(wp, last_w)]
                         index = dst_base + c * self.plane + hp * self.padded_width + wp
                         T.buffer_store(dst, T.if_then_else(inside, load, zero), [index])
-                elif self.mode == "dilate":
-                    with T.vectorized(0, self.padded_width) as wp:
-                        qh, qw = hp - 1, wp - 1
-                        inside = tirx.all(qh >= 0, qh % 2 == 0, qh // 2 <= last_h, qw >= 0, qw % 2 == 0, qw // 2 <= last_w)
-                        load = src[n, c, T.min(T.max(qh, 0) // 2, last_h), T.min(T.max(qw, 0) // 2, last_w)]
-                        index = dst_base + c * self.plane + hp * self.padded_width + wp
-                        T.buffer_store(dst, T.if_then_else(inside, load, zero), [index])
                 else:
                     with T.vectorized(0, self.padded_width) as wp:
                         inside = tirx.all(hp >= 1, hp <= self.src_height, wp >= 1, wp <= self.src_width)
@@ -131,7 +121,7 @@ class Scratch:
                         T.buffer_store(dst, T.if_then_else(inside, load, zero), [index])
 
 
-def scratch_for(direction: str, stride: int, channels: int, height: int, width: int, by_parity: bool = False) -> Scratch:
+def scratch_for(direction: str, stride: int, channels: int, height: int, width: int) -> Scratch:
     """Scratch layout of a kernel reading ``channels x height x width`` source images.
 
     Parameters
@@ -142,12 +132,10 @@ def scratch_for(direction: str, stride: int, channels: int, height: int, width: 
         1 or 2.
     channels, height, width : int
         For ``grad_input``, ``height`` and ``width`` are those of ``x`` (the output of the kernel).
-    by_parity : bool
-        For a stride-2 ``grad_input`` whose entries are split by output parity: the ``tail`` layout.
     """
     out_height, out_width = conv_out_size(height, stride), conv_out_size(width, stride)
     if direction == "grad_input":
         if stride == 1:
             return Scratch("pad", channels, height, width, height, width)
-        return Scratch("tail" if by_parity else "dilate", channels, out_height, out_width, height, width)
+        return Scratch("tail", channels, out_height, out_width, height, width)
     return Scratch("pad" if stride == 1 else "split", channels, height, width, out_height, out_width)
