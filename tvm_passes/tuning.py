@@ -166,7 +166,10 @@ class TuningDatabase:
             tasks = self._untuned_tasks(mod, target)
             if tasks:
                 if progress:
-                    progress(f"tuning {len(tasks)} dense operators, {trials} trials (MetaSchedule, XGBoost)")
+                    progress(
+                        f"tuning {len(tasks)} dense operators, {trials} trials (MetaSchedule, XGBoost cost model; "
+                        f"per-task progress in {self.path / 'logs' / 'logs'})"
+                    )
                 contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     tasks, work_dir=str(self.path / "logs"), space="post-order-apply"
                 )
