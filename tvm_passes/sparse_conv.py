@@ -26,11 +26,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from schedules.formats import SCHEMES as FORMAT_SCHEMES
+
 #: Value of the ``Composite`` attribute of an annotated sparse convolution.
 COMPOSITE = "mest.sparse_conv2d"
 
-#: Schemes the passes know; the layouts follow ``schedules.formats``.
-SCHEMES = ("irregular", "block", "pattern", "channel")
+#: Schemes the passes know: those of ``schedules.formats`` (re-exported here for the passes).
+SCHEMES = FORMAT_SCHEMES
 
 
 @dataclass(frozen=True)
