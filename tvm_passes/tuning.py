@@ -179,7 +179,9 @@ class TuningDatabase:
                         task_weights=weights,
                         work_dir=str(self.path / "logs"),
                         max_trials_global=trials,
-                        num_trials_per_iter=min(64, trials),
+                        # every task gets its share in the first round (MetaSchedule gives each task
+                        # num_trials_per_iter trials in turn until the global budget is spent)
+                        num_trials_per_iter=max(1, min(64, trials // len(tasks))),
                         builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300.0),
                         runner=runner,
                         database=self.ms_database,
