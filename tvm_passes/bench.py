@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             f"max logit err {error:.1e} | compile {sparse_compile:.1f} s"
         )
         sys.stdout.flush()
-    results["dense_tuning_records"] = len(database.ms_database.get_all_tuning_records())
+    results["dense_tuning_records"] = len(database.dense("x86").get_all_tuning_records())
     results["sparse_tuning_records"] = len(database.sparse)
     session.close()
     _write_json(Path(args.json), results)

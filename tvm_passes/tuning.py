@@ -3,15 +3,18 @@
 Layout of ``DIR``:
 
 - ``meta.json``: ``{"format": "mest-tune-db", "version": 1, "tvm": <TVM version>}``;
-- ``database_workload.json`` + ``database_tuning_record.json``: MetaSchedule's JSON database of the
-  dense operators (legalized and fused PrimFuncs: first conv, shortcuts, classifier, kept-dense and
-  channel-compacted convs, element-wise groups);
+- ``dense-<target>/database_workload.json`` + ``database_tuning_record.json``: MetaSchedule's JSON
+  database of the dense operators for one target (legalized and fused PrimFuncs: first conv,
+  shortcuts, classifier, kept-dense and channel-compacted convs, element-wise groups). One per target
+  because MetaSchedule keys its records by workload only, and a schedule tuned for x86 must not be
+  applied to an ARM build;
 - ``sparse.json``: the records of the sparse kernels, in the format of ``schedules.database`` (its
   tuner writes them, :class:`~tvm_passes.kernels.SchedulesKernels` reads them); ``schedules`` sets a
   bad one aside itself, and its warning is passed on.
 
 A corrupt database, or one from another TVM version, is not used: a warning is given, the old files
-are renamed aside (``<name>.set-aside-<time>``, contents untouched) and a fresh database starts.
+and ``dense-*`` directories are renamed aside (``<name>.set-aside-<time>``, contents untouched) and a
+fresh database starts.
 Tuning measures on this machine (MetaSchedule's local builder and runner) or, for another target, on a
 device of a tracker (``RPCRunner``); timing an emulated target would tune for qemu, so it is refused.
 """
@@ -72,22 +75,32 @@ class TuningDatabase:
         if problem:
             self._set_aside(problem)
         _write_json_atomic(self.path / "meta.json", {"format": FORMAT, "version": VERSION, "tvm": tvm.__version__})
-        try:
-            self.ms_database = ms.database.JSONDatabase(*(str(self.path / name) for name in _MS_FILES), allow_missing=True)
-        except Exception as exc:  # MetaSchedule raises TVMError/ValueError on a record it cannot parse
-            self._set_aside(f"MetaSchedule cannot read it ({str(exc).splitlines()[0][:100]})")
-            self.ms_database = ms.database.JSONDatabase(*(str(self.path / name) for name in _MS_FILES), allow_missing=True)
-
+        self._dense: dict[str, ms.database.JSONDatabase] = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             self.sparse = SparseDatabase(self.path / "sparse.json")
         for warning in caught:
             self.warn(str(warning.message))
 
+    def _dense_dirs(self) -> list[Path]:
+        return sorted(p for p in self.path.glob("dense-*") if p.is_dir() and ".set-aside-" not in p.name)
+
+    def dense(self, target_name: str) -> ms.database.JSONDatabase:
+        """MetaSchedule's database of the dense operators for ``target_name`` (opened once)."""
+        if target_name not in self._dense:
+            files = [str(self.path / f"dense-{target_name}" / name) for name in _MS_FILES]
+            Path(files[0]).parent.mkdir(exist_ok=True)
+            try:
+                self._dense[target_name] = ms.database.JSONDatabase(*files, allow_missing=True)
+            except tvm.error.TVMError as exc:  # a record MetaSchedule cannot parse
+                self._set_aside(f"MetaSchedule cannot read it ({str(exc).strip().splitlines()[-1][:100]})")
+                Path(files[0]).parent.mkdir(exist_ok=True)
+                self._dense[target_name] = ms.database.JSONDatabase(*files, allow_missing=True)
+        return self._dense[target_name]
+
     def _problem(self) -> str:
         meta = self.path / "meta.json"
-        existing = [name for name in ("meta.json", *_MS_FILES) if (self.path / name).exists()]
-        if not existing:
+        if not meta.exists() and not self._dense_dirs():
             return ""
         try:
             info = json.loads(meta.read_text())
@@ -97,37 +110,36 @@ class TuningDatabase:
             return "it is not a mest-tvm tuning database"
         if info.get("tvm") != tvm.__version__:
             return f"it was written by TVM {info.get('tvm')}, this is TVM {tvm.__version__}"
-        for name in _MS_FILES:
-            path = self.path / name
-            if path.exists():
+        for directory in self._dense_dirs():
+            for name in _MS_FILES:
+                path = directory / name
                 try:
-                    for line in path.read_text().splitlines():
+                    lines = path.read_text().splitlines() if path.exists() else []
+                    for line in lines:
                         if line.strip():
                             json.loads(line)
                 except (OSError, ValueError):
-                    return f"{name} is corrupt"
+                    return f"{directory.name}/{name} is corrupt"
         return ""
 
     def _set_aside(self, problem: str) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        moved = []
-        for name in ("meta.json", *_MS_FILES):
-            path = self.path / name
+        for path in [self.path / "meta.json", *self._dense_dirs()]:
             if path.exists():
-                path.rename(path.with_name(f"{name}.set-aside-{stamp}"))
-                moved.append(name)
+                path.rename(path.with_name(f"{path.name}.set-aside-{stamp}"))
+        self._dense = {}
         self.warn(
             f"tuning database {self.path} not used: {problem}; its files were kept as *.set-aside-{stamp}, "
             "a fresh database starts"
         )
 
-    def _untuned_tasks(self, mod: tvm.IRModule, target: tvm.target.Target) -> list:
+    def _untuned_tasks(self, mod: tvm.IRModule, target: tvm.target.Target, database) -> list:
         tasks = []
         for task in ms.relax_integration.extract_tasks(mod, target):
             prim = task.mod["main"]
             if prim.attrs is not None and ("mest.fqn" in prim.attrs or "tir.is_scheduled" in prim.attrs):
                 continue  # a sparse kernel: scheduled by schedules, tuned by its tuner
-            if not self.ms_database.has_workload(task.mod):
+            if not database.has_workload(task.mod):
                 tasks.append(task)
         return tasks
 
@@ -135,6 +147,7 @@ class TuningDatabase:
         self,
         mod: tvm.IRModule,
         target: tvm.target.Target,
+        target_name: str,
         trials: int,
         progress: Callable[[str], None] | None = None,
         runner: ms.runner.Runner | str = "local",
@@ -147,6 +160,8 @@ class TuningDatabase:
             The legalized and fused module.
         target : tvm.target.Target
             Target of the build.
+        target_name : str
+            Its name in the ``devices`` table (selects ``dense-<target_name>``).
         trials : int
             MetaSchedule trials over all new tasks; 0 applies the database only.
         progress : callable, optional
@@ -159,11 +174,12 @@ class TuningDatabase:
         tvm.IRModule
             The module with the database's schedules applied where it has them.
         """
+        database = self.dense(target_name)
         if trials > 0:
             if "num-cores" not in target.export():
                 # MetaSchedule's mutators and rules need the core count in the target.
                 target = tvm.target.Target({**target.export(), "num-cores": os.cpu_count() or 1})
-            tasks = self._untuned_tasks(mod, target)
+            tasks = self._untuned_tasks(mod, target, database)
             if tasks:
                 if progress:
                     progress(
@@ -184,10 +200,10 @@ class TuningDatabase:
                         num_trials_per_iter=max(1, min(64, trials // len(tasks))),
                         builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300.0),
                         runner=runner,
-                        database=self.ms_database,
+                        database=database,
                         cost_model="xgb",
                     )
                 except tvm.error.TVMError as exc:
                     raise CompileError(f"MetaSchedule tuning failed: {str(exc).strip().splitlines()[-1][:200]}") from exc
-        with target, self.ms_database, tvm.transform.PassContext(opt_level=3):
+        with target, database, tvm.transform.PassContext(opt_level=3):
             return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)

@@ -132,10 +132,11 @@ def test_corrupt_tuning_database_is_set_aside_with_a_warning(trained_run, tmp_pa
     db = tmp_path / "db"
     db.mkdir()
     (db / "meta.json").write_text('{"format": "mest-tune-db", "version": 1, "tvm": "0.19.0"}')
-    (db / "database_workload.json").write_text("{ not json")
+    (db / "dense-x86").mkdir()
+    (db / "dense-x86" / "database_workload.json").write_text("{ not json")
     assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "warning: tuning database" in err and "TVM 0.19.0" in err and "Traceback" not in err
     aside = sorted(p.name for p in db.iterdir() if ".set-aside-" in p.name)
-    assert [name.split(".set-aside-")[0] for name in aside] == ["database_workload.json", "meta.json"]
-    assert (db / [n for n in aside if n.startswith("database_workload")][0]).read_text() == "{ not json"
+    assert [name.split(".set-aside-")[0] for name in aside] == ["dense-x86", "meta.json"]
+    assert (db / aside[0] / "database_workload.json").read_text() == "{ not json"

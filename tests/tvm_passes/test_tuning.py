@@ -31,12 +31,14 @@ def test_database_of_another_tvm_is_set_aside_untouched(tmp_path):
     path.mkdir()
     old_meta = json.dumps({"format": FORMAT, "version": VERSION, "tvm": "0.18.0"})
     (path / "meta.json").write_text(old_meta)
-    (path / "database_tuning_record.json").write_text("[1, 2]\n")
+    (path / "dense-x86").mkdir()
+    (path / "dense-x86" / "database_tuning_record.json").write_text("[1, 2]\n")
     _, messages = _warnings(path)
     assert len(messages) == 1 and "TVM 0.18.0" in messages[0] and "fresh database" in messages[0]
     aside = {p.name.split(".set-aside-")[0]: p for p in path.iterdir() if ".set-aside-" in p.name}
-    assert set(aside) == {"meta.json", "database_tuning_record.json"}
+    assert set(aside) == {"meta.json", "dense-x86"}
     assert aside["meta.json"].read_text() == old_meta
+    assert (aside["dense-x86"] / "database_tuning_record.json").read_text() == "[1, 2]\n"
     assert json.loads((path / "meta.json").read_text())["tvm"] == tvm.__version__
 
 
@@ -69,5 +71,14 @@ class Small:
 def test_applying_an_empty_database_leaves_the_module_buildable(tmp_path):
     db = TuningDatabase(tmp_path / "db")
     legalized = tvm.relax.transform.LegalizeOps()(Small)
-    applied = db.tune_and_apply(legalized, tvm.target.Target("llvm"), trials=0)
+    applied = db.tune_and_apply(legalized, tvm.target.Target("llvm"), "x86", trials=0)
     tvm.compile(applied, "llvm")
+    assert (tmp_path / "db" / "dense-x86").is_dir()
+
+
+def test_corrupt_dense_records_are_set_aside(tmp_path):
+    path = tmp_path / "db"
+    TuningDatabase(path).dense("x86")
+    (path / "dense-x86" / "database_workload.json").write_text("{ not json\n")
+    _, messages = _warnings(path)
+    assert len(messages) == 1 and "dense-x86/database_workload.json is corrupt" in messages[0]
