@@ -30,7 +30,7 @@ from schedules.database import TuningDatabase
 from schedules.formats import SCHEMES
 from schedules.layer import SparseConv2d
 from schedules.masks import random_mask
-from schedules.measure import interleaved
+from schedules.measure import interleaved, torch_conv_backward
 from schedules.workloads import ConvLayer, model_layers
 
 DIRECTIONS = ("forward", "grad_input", "grad_weight", "fwd+bwd")
@@ -52,8 +52,8 @@ def _ours(layer: SparseConv2d, x: torch.Tensor, dy: torch.Tensor) -> dict[str, C
         dy_kept = dy.index_select(1, kept).contiguous()
         return {
             "forward": lambda: layer(x),
-            "grad_input": lambda: torch.nn.grad.conv2d_input(x.shape, compact, dy_kept, stride=layer.stride, padding=1),
-            "grad_weight": lambda: torch.nn.grad.conv2d_weight(x, compact.shape, dy_kept, stride=layer.stride, padding=1),
+            "grad_input": lambda: torch_conv_backward(dy_kept, x, compact, layer.stride, (True, False, False))[0],
+            "grad_weight": lambda: torch_conv_backward(dy_kept, x, compact, layer.stride, (False, True, False))[1],
             "fwd+bwd": step,
         }
     kernels = layer.kernels(tuple(x.shape))
@@ -85,7 +85,7 @@ def _torch(weight: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor, dy:
     effective = (lambda: w * mask) if mask is not None else (lambda: w)
 
     def grad_weight() -> torch.Tensor:
-        grad = torch.nn.grad.conv2d_weight(x, weight.shape, dy, stride=stride, padding=1)
+        grad = torch_conv_backward(dy, x, weight, stride, (False, True, False))[1]
         return grad * mask if mask is not None else grad
 
     def step() -> None:
@@ -95,7 +95,7 @@ def _torch(weight: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor, dy:
 
     return {
         "forward": lambda: torch.nn.functional.conv2d(x, effective().detach(), stride=stride, padding=1),
-        "grad_input": lambda: torch.nn.grad.conv2d_input(x.shape, effective().detach(), dy, stride=stride, padding=1),
+        "grad_input": lambda: torch_conv_backward(dy, x, effective().detach(), stride, (True, False, False))[0],
         "grad_weight": grad_weight,
         "fwd+bwd": step,
     }

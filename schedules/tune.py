@@ -38,7 +38,7 @@ from schedules.kernels.entries import entries
 from schedules.kernels.gather_conv import gather_extent
 from schedules.kernels.knobs import Knobs, gather_space, grad_weight_space
 from schedules.masks import random_mask
-from schedules.measure import interleaved
+from schedules.measure import interleaved, torch_conv_backward
 from schedules.threads import num_threads
 from schedules.workloads import ConvLayer, model_layers
 
@@ -179,8 +179,8 @@ def torch_dense_seconds(fmt: SparseFormat, direction: str, x_shape: tuple[int, .
     dy = torch.randn(output_shape(fmt, x_shape, stride))
     call = {
         "forward": lambda: torch.nn.functional.conv2d(x, weight, stride=stride, padding=1),
-        "grad_input": lambda: torch.nn.grad.conv2d_input(x.shape, weight, dy, stride=stride, padding=1),
-        "grad_weight": lambda: torch.nn.grad.conv2d_weight(x, weight.shape, dy, stride=stride, padding=1),
+        "grad_input": lambda: torch_conv_backward(dy, x, weight, stride, (True, False, False))[0],
+        "grad_weight": lambda: torch_conv_backward(dy, x, weight, stride, (False, True, False))[1],
     }[direction]
     return interleaved({"torch": call}, rounds=rounds, number=2)["torch"].median_s
 
