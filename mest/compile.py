@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", required=True, help="x86, arm (= arm64), arm64 or armv7")
     parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: under ~/.cache/mest-tvm)")
     parser.add_argument("--trials", type=int, default=0, help="tune what the database lacks first: N knob-search trials per sparse kernel, "
-                        "N MetaSchedule trials over the dense operators (default 0: use the database as is)")
+                        "N MetaSchedule trials over the dense operators (default 0: use the database as is; "
+                        "give MetaSchedule hundreds, a few dozen do worse than the default conv schedule)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: <run dir>/compiled-<target>)")
     parser.add_argument("--session", help="local | rpc | emulator | tracker:HOST:PORT:KEY (default: local on x86, "
                         "the emulator for ARM when qemu is installed)")
