@@ -4,8 +4,9 @@ Each sparse conv becomes a :class:`schedules.layer.SparseConv2d` whose only para
 values; its momentum is compact too, and the gradient exists only at kept positions. Between
 mutations no dense weight, dense gradient, dense momentum or dense mask of a sparse layer exists.
 At a mutation a layer is expanded just long enough to score it, pruned and grown by the scheme,
-and re-packed with buffers sized for the new upper bound (so under Soft Memory Bound the kernels
-are rebuilt only when the bound steps; otherwise the kernel cache answers).
+and re-packed into buffers sized once for the largest upper bound of the run (Soft Memory Bound's
+first phase), so a mutation never changes a kernel's shapes and the kernel cache always answers:
+the price is that under EM&S the last phases keep a few empty slots (measured in the run summary).
 
 Checkpoints stay backend-independent: :func:`dense_equivalent_state` writes the dense weights and
 momentum that the ``torch-mask`` backend would hold, and :func:`to_compact` packs them again.
@@ -51,7 +52,8 @@ class CompactConv:
         state = optimizer.state.get(values, {})
         momentum = state.get("momentum_buffer")
         dense_momentum = None if momentum is None else fmt.with_values(momentum).to_dense() * survivors
-        self.module.repack(fmt.to_dense() * survivors, mask, capacity=int(mask.sum()))
+        capacity = max(int(mask.sum()), fmt.capacity)  # kept unless the mask outgrows it
+        self.module.repack(fmt.to_dense() * survivors, mask, capacity=capacity)
         values.grad = None
         if dense_momentum is not None:
             state["momentum_buffer"] = self.module.format.gather(dense_momentum)
@@ -84,11 +86,20 @@ def _swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn
 
 
 @torch.no_grad()
-def to_compact(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Optimizer) -> None:
+def to_compact(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Optimizer,
+               capacity: dict[str, int] | None = None, batch_size: int | None = None) -> None:
     """Replace every masked sparse conv of ``model`` by a compact ``SparseConv2d``, in place.
 
     The optimizer keeps its parameter slots: the dense weight's slot takes the compact values, and
     its momentum is gathered at the kept positions.
+
+    Parameters
+    ----------
+    capacity : dict of str to int, optional
+        Value slots per layer FQN (the largest non-zero count the run will reach); the current
+        count by default.
+    batch_size : int, optional
+        The batch the kernels are built for (smaller batches are padded to it).
     """
     sparse_conv = _sparse_conv_class()
     for fqn, layer in list(sparse.layers.items()):
@@ -99,8 +110,9 @@ def to_compact(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Opt
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.bias is not None:
             raise NotImplementedError(f"the tvm backend runs 3x3 convs with padding 1 and no bias; {module_name} is not one")
         mask = layer.mask()
+        slots = max(int(mask.sum()), (capacity or {}).get(fqn, 0))
         compact = sparse_conv(conv.weight.detach(), mask, sparse.schemes[fqn], stride=conv.stride[0],
-                              capacity=int(mask.sum()))
+                              capacity=slots, batch_size=batch_size)
         momentum = optimizer.state.get(conv.weight, {}).get("momentum_buffer")
         _swap_parameter(optimizer, conv.weight, compact.values,
                         None if momentum is None else compact.format.gather(momentum))

@@ -42,7 +42,7 @@ class TrainConfig:
     ranking_in: str | None = None
     profile: str | None = None
     seed: int = 0
-    backend: str = "torch-mask"
+    backend: str = "tvm"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decay_epochs", tuple(int(e) for e in self.decay_epochs))

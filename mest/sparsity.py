@@ -109,6 +109,16 @@ class MaskedConv:
     def dense_grad(self) -> torch.Tensor | None:
         return self.weight.grad
 
+    def peak_counts(self, schedule: MutationSchedule) -> dict[str, int]:
+        """Per layer, the most weights it will hold in the run (its largest upper bound)."""
+        epochs = (0, *schedule.decay_epochs)
+        counts = {}
+        for fqn, layer in self.layers.items():
+            density = max([1.0 - self.sparsity[fqn]] + [schedule.bounds(e, self.sparsity[fqn]).upper for e in epochs])
+            empty = torch.zeros_like(layer.mask())
+            counts[fqn] = int(get_scheme(self.schemes[fqn]).grow(empty, density, torch.Generator()).sum())
+        return counts
+
     @torch.no_grad()
     def mutate(self, survivors: torch.Tensor, mask: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         self.weight.mul_(survivors)
@@ -228,6 +238,16 @@ class SparseState:
         held = sum(layer.state_bytes() for layer in self.layers.values())
         dense = sum(3 * 4 * n for n in self._sizes.values())
         return held, dense
+
+    def peak_counts(self, schedule: MutationSchedule) -> dict[str, int]:
+        """Per layer, the most weights it will hold in the run (its largest upper bound)."""
+        epochs = (0, *schedule.decay_epochs)
+        counts = {}
+        for fqn, layer in self.layers.items():
+            density = max([1.0 - self.sparsity[fqn]] + [schedule.bounds(e, self.sparsity[fqn]).upper for e in epochs])
+            empty = torch.zeros_like(layer.mask())
+            counts[fqn] = int(get_scheme(self.schemes[fqn]).grow(empty, density, torch.Generator()).sum())
+        return counts
 
     @torch.no_grad()
     def mutate(

@@ -80,7 +80,8 @@ class Trainer:
         if config.backend == "tvm":
             from mest.compact import to_compact
 
-            to_compact(self.model, self.sparse, self.optimizer)
+            to_compact(self.model, self.sparse, self.optimizer, capacity=self.sparse.peak_counts(self.schedule),
+                       batch_size=config.batch_size)
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True) -> "Trainer":
@@ -249,7 +250,7 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int) -> tuple[float, f
     """Mean loss and accuracy on the test split, in eval mode."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
-    for images, labels in test_batches(data.test, max(batch_size, 256)):
+    for images, labels in test_batches(data.test, batch_size):  # the training batch: same kernels
         logits = model(images)
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == labels).sum())

@@ -83,6 +83,11 @@ class SparseConv2d(nn.Module):
         Value slots to allocate (upper bound of non-zeros under Soft Memory Bound).
     cache : KernelCache, optional
         Where kernels come from; default the process-wide cache.
+    batch_size : int, optional
+        The batch the kernels are built for: a smaller batch (the last of an epoch) is zero-padded
+        to it and the output cut back, which is exact (images are independent; padded images add
+        zero to the weight gradient) and spares a kernel build per odd batch size. Larger batches,
+        or every batch when not given, get kernels of their own size.
 
     Attributes
     ----------
@@ -98,6 +103,7 @@ class SparseConv2d(nn.Module):
         stride: int = 1,
         capacity: int | None = None,
         cache: KernelCache | None = None,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if stride not in (1, 2):
@@ -105,6 +111,7 @@ class SparseConv2d(nn.Module):
         self.scheme = scheme
         self.stride = stride
         self.cache = cache if cache is not None else default_cache()
+        self.batch_size = batch_size
         fmt = pack(scheme, weight, mask, capacity)
         self.values = nn.Parameter(fmt.values)
         self._set_format(fmt)
@@ -171,6 +178,10 @@ class SparseConv2d(nn.Module):
             raise SparseFormatError(f"input must be float32 [N, {self.weight_shape[1]}, H, W], got {x.dtype} {list(x.shape)}")
         if isinstance(self._format, ChannelFormat):
             return self._channel_forward(x)
+        batch = x.shape[0]
+        if self.batch_size is not None and batch < self.batch_size:
+            padded = torch.cat([x, x.new_zeros(self.batch_size - batch, *x.shape[1:])])
+            return _SparseConvFunction.apply(padded, self.values, self)[:batch]
         return _SparseConvFunction.apply(x, self.values, self)
 
     def _channel_forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -79,18 +79,19 @@ def test_corrupt_checkpoint_is_refused_and_kept(capsys, tmp_path):
     assert ckpt.read_bytes() == before
 
 
-def _train_command(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "mest.train", *FAST, "--epochs", "4", "--batch-size", "8",
+def _train_command(out: Path, backend: str) -> list[str]:
+    return [sys.executable, "-m", "mest.train", *FAST, "--backend", backend, "--epochs", "4", "--batch-size", "8",
             "--update-freq", "1", "--decay-epochs", "2-3", "--remove-epoch", "2", "--remove-count", "100",
-            "--out", str(out), *extra]
+            "--out", str(out)]
 
 
-def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("backend", ["torch-mask", "tvm"])
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, backend):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_train_command(tmp_path / "straight"), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(_train_command(tmp_path / "straight", backend), check=True, env=env, capture_output=True, timeout=300)
 
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_train_command(killed_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_command(killed_dir, backend), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = killed_dir / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
