@@ -92,3 +92,21 @@ def test_bad_input_is_one_line(kernel_cache):
     with pytest.raises(SparseFormatError):
         SparseConv2d(weight, torch.ones_like(weight, dtype=torch.bool), "irregular", stride=3)
 
+
+
+@pytest.mark.parametrize("scheme", ["irregular", "pattern"])
+def test_a_short_batch_padded_to_the_kernel_batch_is_exact(scheme, make_mask, kernel_cache):
+    generator = torch.Generator().manual_seed(11)
+    weight = torch.randn(8, 5, 3, 3, generator=generator)
+    mask = make_mask(scheme, weight.shape, 0.2, generator)
+    layer = SparseConv2d(weight, mask, scheme, stride=1, cache=kernel_cache, batch_size=4)
+    x = torch.randn(3, 5, 8, 8, generator=generator, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (3, 8, 8, 8)
+    assert all(shape[0] == 4 for shape in layer._kernels), "a batch of 3 must reuse the batch-4 kernels"
+    dy = torch.randn(y.shape, generator=generator)
+    y.backward(dy)
+    y_ref, dx_ref, dw_ref = _reference(weight, mask, x, 1, dy)
+    _close(y.detach(), y_ref)
+    _close(x.grad, dx_ref)
+    _close(layer.values.grad, layer.format.gather(dw_ref))
