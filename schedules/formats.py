@@ -375,7 +375,7 @@ def _pack_irregular(weight: torch.Tensor, mask: torch.Tensor, capacity: int | No
         "positions": _as_index(_pad(positions, slots), in_channels * KERNEL_TAPS - 1),
     }
     transposed = _transpose_entries(rows, positions, np.arange(nnz), out_channels, in_channels)
-    indices["t_row_ptr"] = transposed["t_row_ptr"]
+    indices["t_row_ptr"] = _as_index(transposed["t_row_ptr"], slots)  # dtype by capacity, not count
     indices["t_positions"] = _as_index(_pad(transposed["t_positions"], slots), out_channels * KERNEL_TAPS - 1)
     indices["t_perm"] = _as_index(_pad(transposed["t_perm"], slots), slots - 1)
     return IrregularFormat(tuple(weight.shape), values, nnz, indices)
@@ -404,7 +404,7 @@ def _pack_block(weight: torch.Tensor, mask: torch.Tensor, capacity: int | None) 
     rows = (groups[:, None] * BLOCK_SIZE + np.arange(BLOCK_SIZE)[None, :]).reshape(-1)
     element_positions = np.repeat(positions, BLOCK_SIZE)
     transposed = _transpose_entries(rows, element_positions, np.arange(nnz), out_channels, in_channels)
-    indices["t_row_ptr"] = transposed["t_row_ptr"]
+    indices["t_row_ptr"] = _as_index(transposed["t_row_ptr"], slots)  # dtype by capacity, not count
     indices["t_positions"] = _as_index(_pad(transposed["t_positions"], slots), out_channels * KERNEL_TAPS - 1)
     indices["t_perm"] = _as_index(_pad(transposed["t_perm"], slots), slots - 1)
     return BlockFormat(tuple(weight.shape), values, nnz, indices)
@@ -443,7 +443,7 @@ def _pack_pattern(weight: torch.Tensor, mask: torch.Tensor, capacity: int | None
         "channels": _as_index(all_channels, in_channels - 1),
         "pattern_ids": _as_index(all_ids, NUM_PATTERNS - 1),
         "taps": PATTERN_TAPS.copy(),
-        "t_row_ptr": transposed["t_row_ptr"],
+        "t_row_ptr": _as_index(transposed["t_row_ptr"], slots),  # dtype by capacity, not count
         "t_positions": _as_index(_pad(transposed["t_positions"], slots), out_channels * KERNEL_TAPS - 1),
         "t_perm": _as_index(_pad(transposed["t_perm"], slots), slots - 1),
     }

@@ -99,3 +99,18 @@ def test_transfer_moves_slots_by_position(scheme, make_mask):
     new = pack(scheme, torch.zeros(shape), new_mask, capacity=int(new_mask.sum()) + 36)
     moved = transfer(old.values, old, new)
     assert torch.equal(new.with_values(moved).to_dense(), weight * old.to_mask() * new_mask)
+
+
+@pytest.mark.parametrize("scheme", ["irregular", "block", "pattern"])
+def test_buffers_depend_only_on_shape_and_capacity(scheme, make_mask):
+    # A kernel is cached by capacity: masks of different counts under one capacity must give
+    # buffers of the same dtypes and lengths (a count crossing 255 must not change a dtype).
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(32, 16, 3, 3, generator=generator)
+    sparse, denser = make_mask(scheme, weight.shape, 0.02, generator), make_mask(scheme, weight.shape, 0.3, generator)
+    capacity = pack(scheme, weight, denser).capacity
+    small, large = pack(scheme, weight, sparse, capacity), pack(scheme, weight, denser, capacity)
+    assert small.nnz < 255 < large.nnz
+    for direction in ("forward", "grad_input", "grad_weight"):
+        a, b = small.buffers(direction), large.buffers(direction)
+        assert [(k, v.dtype, tuple(v.shape)) for k, v in a.items()] == [(k, v.dtype, tuple(v.shape)) for k, v in b.items()]
