@@ -109,16 +109,6 @@ class MaskedConv:
     def dense_grad(self) -> torch.Tensor | None:
         return self.weight.grad
 
-    def peak_counts(self, schedule: MutationSchedule) -> dict[str, int]:
-        """Per layer, the most weights it will hold in the run (its largest upper bound)."""
-        epochs = (0, *schedule.decay_epochs)
-        counts = {}
-        for fqn, layer in self.layers.items():
-            density = max([1.0 - self.sparsity[fqn]] + [schedule.bounds(e, self.sparsity[fqn]).upper for e in epochs])
-            empty = torch.zeros_like(layer.mask())
-            counts[fqn] = int(get_scheme(self.schemes[fqn]).grow(empty, density, torch.Generator()).sum())
-        return counts
-
     @torch.no_grad()
     def mutate(self, survivors: torch.Tensor, mask: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         self.weight.mul_(survivors)
