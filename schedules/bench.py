@@ -31,7 +31,7 @@ from schedules.formats import SCHEMES
 from schedules.layer import SparseConv2d
 from schedules.masks import random_mask
 from schedules.measure import interleaved, torch_conv_backward
-from schedules.workloads import ConvLayer, model_layers
+from schedules.workloads import ConvLayer, select_layers
 
 DIRECTIONS = ("forward", "grad_input", "grad_weight", "fwd+bwd")
 
@@ -202,17 +202,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the process exit code."""
     args = parse_args(argv)
-    try:
-        layers = model_layers(args.model)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    wanted = [name.strip() for name in args.layers.split(",") if name.strip()]
-    layers = [layer for layer in layers if not wanted or layer.name in wanted]
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     unknown = [s for s in schemes if s not in SCHEMES]
-    if unknown or not layers:
-        print(f"error: unknown scheme {', '.join(unknown)}" if unknown else f"error: no layer named {args.layers!r}", file=sys.stderr)
+    try:
+        if unknown:
+            raise ValueError(f"unknown scheme {', '.join(unknown)}")
+        layers = select_layers(args.model, args.layers)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     densities = [float(d) for d in args.densities.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)

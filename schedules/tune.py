@@ -40,7 +40,7 @@ from schedules.kernels.knobs import Knobs, gather_space, grad_weight_space
 from schedules.masks import random_mask
 from schedules.measure import interleaved, torch_conv_backward
 from schedules.threads import num_threads
-from schedules.workloads import ConvLayer, model_layers
+from schedules.workloads import ConvLayer, select_layers
 
 
 
@@ -316,16 +316,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from devices.sessions import open_session  # noqa: PLC0415
 
+    directions = [d.strip() for d in args.directions.split(",") if d.strip()]
     try:
-        layers = model_layers(args.model)
+        if any(d not in DIRECTIONS for d in directions):
+            raise ValueError(f"directions are {', '.join(DIRECTIONS)}")
+        layers = select_layers(args.model, args.layers)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    wanted = [n.strip() for n in args.layers.split(",") if n.strip()]
-    layers = [layer for layer in layers if not wanted or layer.name in wanted]
-    directions = [d.strip() for d in args.directions.split(",") if d.strip()]
-    if not layers or any(d not in DIRECTIONS for d in directions):
-        print(f"error: no such layer {args.layers!r}" if not layers else f"error: directions are {', '.join(DIRECTIONS)}", file=sys.stderr)
         return 2
     torch.set_num_threads(num_threads())
     database = TuningDatabase(args.db)

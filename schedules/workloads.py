@@ -75,3 +75,18 @@ def model_layers(model: str) -> list[ConvLayer]:
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
     return MODELS[model]
+
+
+def select_layers(model: str, names: str = "") -> list[ConvLayer]:
+    """The layers of ``model`` named in a comma-separated ``names`` (all of them when empty).
+
+    Raises
+    ------
+    ValueError
+        For an unknown model, or when no layer has one of the names.
+    """
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    layers = [layer for layer in model_layers(model) if not wanted or layer.name in wanted]
+    if not layers:
+        raise ValueError(f"no layer of {model} is named {names!r}")
+    return layers
