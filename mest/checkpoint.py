@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from devices.files import atomic_write
 from mest.config import TrainConfig
 from mest.errors import CheckpointError, MestError
-from mest.io import atomic_write
 from mest.models import MODEL_NAMES, build_model
 from mest.schemes import SCHEMES
 

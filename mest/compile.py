@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,12 +47,6 @@ def _parser() -> ArgumentParser:
     parser.add_argument("--batch", type=int, default=1, help="static batch size of the compiled module (default 1)")
     parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR (default: none)")
     return parser
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _format_ms(value: float | None) -> str:
@@ -106,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from devices.files import atomic_write_bytes
     from devices.sessions import open_session
     from devices.targets import EMULATION_RPC, export_library, get_target, tvm_target
     from mest.checkpoint import load_checkpoint, model_from_checkpoint
@@ -169,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         report["library"] = str(export_library(compiled.executable, out / "model.so", spec))
         buffer = io.BytesIO()
         np.savez(buffer, **compiled.stored_arrays)
-        _atomic_bytes(out / "params.npz", buffer.getvalue())
+        atomic_write_bytes(out / "params.npz", buffer.getvalue())
         report["compile_seconds"] = round(time.perf_counter() - start, 3)
         report["phase_seconds"] = {name: round(value, 3) for name, value in compiled.phase_seconds.items()}
         if session is None:
@@ -197,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             time_layers(compiled.mod, compiled.layers, tvm_target(spec), session)
             report["model_time"] = time_model(session, vm, x).describe()
     report["layers"] = [layer.to_json() for layer in compiled.layers]
-    _atomic_bytes(out / "report.json", json.dumps(report, indent=1).encode())
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
     _print_report(report)
     return 0
 

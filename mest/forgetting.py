@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from devices.files import atomic_write_text
 from mest.errors import ConfigError
-from mest.io import atomic_write_text
 
 
 @dataclass

@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from devices.files import atomic_write_text, remove_stale_temporaries
 from mest.checkpoint import CHECKPOINT_NAME, Checkpoint, ModelSpec, save_checkpoint
 from mest.config import TrainConfig
 from mest.data import Dataset, load_dataset, test_batches, train_batches
 from mest.errors import CheckpointError, ConfigError
 from mest.forgetting import (ForgettingStats, check_ranking, check_remove_count, read_ranking, save_ranking,
                              unforgettable)
-from mest.io import atomic_write_text
 from mest.models import build_model
 from mest.sparsity import SparseState, check_profile, default_profile, read_profile
 
@@ -126,12 +126,22 @@ class Trainer:
 
     # -- one run ---------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train the remaining epochs; return the last epoch's metrics."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Train the remaining epochs (after :meth:`tidy_run_dir`); return the last epoch's metrics."""
+        self.tidy_run_dir()
         while self.epoch < self.config.epochs:
             self.run_epoch()
         self.write_plot()
         return self.history[-1]
+
+    def tidy_run_dir(self) -> None:
+        """Undo what a kill left: temporaries of dead writers go, metrics agree with the checkpoint.
+
+        The metrics file is written just before the checkpoint, so after a kill it may hold one epoch
+        more; it is rewritten from the history (the checkpoint's, on a resume), which is the truth.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
+        self.write_metrics()
 
     def run_epoch(self) -> dict:
         """Removal, mutation, one pass over the kept examples, evaluation, metrics, checkpoint."""

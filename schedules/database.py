@@ -2,8 +2,8 @@
 
 A record is keyed by (scheme, direction, weight shape, input shape, stride, density bucket, target);
 its value holds the knobs, the measured median seconds of the tuned kernel, that of the default
-knobs and of PyTorch dense when the tuner measured them. Writes are atomic (temporary file +
-``os.replace``) and merge with what another process wrote meanwhile. A file that is not valid JSON,
+knobs and of PyTorch dense when the tuner measured them. Writes are atomic
+(:func:`devices.files.atomic_write_text`) and merge with what another process wrote meanwhile. A file that is not valid JSON,
 or was written by another tool or another TVM version, is moved aside untouched (``*.corrupt-<time>``
 or ``*.foreign-<time>``) with a warning, and a fresh database is started.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import tvm
 
+from devices.files import atomic_write_text
 from schedules.errors import TuningDatabaseError
 from schedules.kernels.knobs import Knobs
 
@@ -205,12 +205,6 @@ class TuningDatabase:
         self._records = merged
         payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tvm": tvm.__version__, "records": merged}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            with os.fdopen(handle, "w") as stream:
-                json.dump(payload, stream, indent=1, sort_keys=True)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.path)
+            atomic_write_text(self.path, json.dumps(payload, indent=1, sort_keys=True))
         except OSError as err:
             raise TuningDatabaseError(f"cannot write tuning database {self.path}: {err.strerror or err}") from None
