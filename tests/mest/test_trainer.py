@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from mest.checkpoint import load_checkpoint
+from mest.data import load_dataset
+from mest.rundir import LOCK_NAME
 from mest.trainer import METRICS_NAME, PLOT_NAME, RANKING_NAME, Trainer
 
 
@@ -82,7 +84,7 @@ def test_a_run_writes_metrics_plot_and_checkpoint(small_digits, tiny_config, tmp
     assert load_checkpoint(tmp_path).epoch == 2
 
 
-def test_kill_9_between_metrics_and_checkpoint_then_resume_agrees(small_digits, tmp_path):
+def test_kill_9_between_metrics_and_checkpoint_then_resume_agrees(tmp_path):
     # A real process is killed with SIGKILL in the middle of writing epoch 1's checkpoint: after
     # epoch 1's metrics line, with a half-written checkpoint temporary beside the epoch-0 checkpoint.
     run = tmp_path / "run"
@@ -116,9 +118,11 @@ def test_kill_9_between_metrics_and_checkpoint_then_resume_agrees(small_digits, 
     assert [json.loads(line)["epoch"] for line in (run / METRICS_NAME).read_text().splitlines()] == [0, 1]
     assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")], "the kill left no temporary"
 
-    trainer = Trainer.resume(load_checkpoint(run), dataset=small_digits, progress=False)
+    # the run trained on the whole digits set: resume on it (a checkpoint does not resume on other data);
+    # the killed run's run.lock stays, stale (the OS released the lock; the next holder replaces it)
+    trainer = Trainer.resume(load_checkpoint(run), dataset=load_dataset("digits"), progress=False)
     trainer.tidy_run_dir()
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", METRICS_NAME]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", METRICS_NAME, LOCK_NAME]
     lines = (run / METRICS_NAME).read_text().splitlines()
     assert [json.loads(line) for line in lines] == load_checkpoint(run).state["history"]
     assert [json.loads(line)["epoch"] for line in lines] == [0]
