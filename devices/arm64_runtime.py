@@ -17,9 +17,10 @@ from pathlib import Path
 import tvm
 import tvm_ffi
 
-from .cache import atomic_write_bytes, cache_dir
+from .cache import cache_dir
 from .errors import DeviceError
-from .native_build import cross_build, file_lock, source_digest
+from .files import atomic_write_bytes, file_lock
+from .native_build import cross_build, source_digest
 from .targets import TargetSpec, get_target
 
 WHEEL_PLATFORM = "manylinux_2_28_aarch64"
@@ -75,7 +76,7 @@ def _extract_library(wheels: list[Path], project: str, member: str, destination:
     for wheel in wheels:
         if wheel.name.startswith(prefix):
             with zipfile.ZipFile(wheel) as archive:
-                atomic_write_bytes(destination, archive.read(member), mode=0o755)
+                atomic_write_bytes(destination, archive.read(member), mode=0o777)
             return
     raise RuntimeDownloadError(f"pip did not deliver a wheel of {project} for {WHEEL_PLATFORM}")
 

@@ -1,9 +1,8 @@
-"""The cache directory of ``devices`` and atomic writes into it."""
+"""The cache directory of mest-tvm: one root, one environment variable."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 CACHE_ENV_VAR = "MEST_TVM_CACHE"
@@ -26,32 +25,3 @@ def cache_dir(*parts: str) -> Path:
     path = Path(root, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
-
-    Parameters
-    ----------
-    path : pathlib.Path
-        Destination file; its directory must exist.
-    data : bytes
-        The whole content.
-    mode : int
-        File permissions of the result.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_copy(source: Path, path: Path, mode: int = 0o644) -> None:
-    """Copy the file ``source`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, Path(source).read_bytes(), mode)

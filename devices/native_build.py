@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import tvm_ffi
 
 from .errors import DeviceError
+from .files import atomic_output, file_lock, remove_stale_temporaries
 from .targets import TargetSpec
 
 NATIVE_SOURCES = Path(__file__).parent / "native"
 COMPILE_TIMEOUT_S = 300
-
-
-@contextlib.contextmanager
-def file_lock(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``directory/.lock`` (processes sharing the cache take turns).
-
-    Parameters
-    ----------
-    directory : pathlib.Path
-        An existing directory.
-    """
-    with open(directory / ".lock", "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def tvm_ffi_include_dir() -> Path:
@@ -92,25 +72,22 @@ def cross_build(spec: TargetSpec, source_name: str, output: Path, flags: list[st
     with file_lock(output.parent):
         if output.exists():
             return output
-        tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-        command = [
-            spec.cross_compiler or "g++", "-std=c++17", "-O2", "-Wno-psabi",
-            f"-I{tvm_ffi_include_dir()}", str(NATIVE_SOURCES / source_name), "-o", str(tmp),
-            *flags,
-        ]
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
-            )
+        remove_stale_temporaries(output.parent)
+        with atomic_output(output) as tmp:
+            command = [
+                spec.cross_compiler or "g++", "-std=c++17", "-O2", "-Wno-psabi",
+                f"-I{tvm_ffi_include_dir()}", str(NATIVE_SOURCES / source_name), "-o", str(tmp),
+                *flags,
+            ]
+            try:
+                result = subprocess.run(
+                    command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
+                )
+            except subprocess.TimeoutExpired as err:
+                raise DeviceError(
+                    f"building {source_name} for {spec.name} took over {COMPILE_TIMEOUT_S} s"
+                ) from err
             if result.returncode != 0:
                 tail = " | ".join(result.stderr.strip().splitlines()[-3:])
                 raise DeviceError(f"building {source_name} for {spec.name} failed: {tail}")
-            os.replace(tmp, output)
-        except subprocess.TimeoutExpired as err:
-            raise DeviceError(
-                f"building {source_name} for {spec.name} took over {COMPILE_TIMEOUT_S} s"
-            ) from err
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     return output

@@ -21,6 +21,7 @@ from tvm.support import cc
 from tvm.target import codegen
 
 from .errors import DeviceError, ToolchainMissingError, UnknownTargetError
+from .files import atomic_output
 
 #: How a non-host target's kernels are executed on this machine.
 EMULATION_RPC = "rpc"  # the TVM runtime itself runs under qemu, spoken to through a pipe RPC session
@@ -268,7 +269,7 @@ def export_library(lib: Any, path: str | os.PathLike, target_name: str | TargetS
     lib : tvm.runtime.Executable or tvm.runtime.Module or relax VMExecutable
         The result of ``tvm.compile(mod, tvm_target(target_name))``.
     path : str or os.PathLike
-        Destination ``.so``; written atomically (temporary name, then ``os.replace``).
+        Destination ``.so``; written atomically (:func:`devices.files.atomic_output`).
     target_name : str or TargetSpec
         The target ``lib`` was compiled for.
 
@@ -288,19 +289,14 @@ def export_library(lib: Any, path: str | os.PathLike, target_name: str | TargetS
     fcompile = link_function(spec)
     options = {} if fcompile is None else {"fcompile": fcompile}
     path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
-        lib.export_library(str(tmp), **options)
-        os.replace(tmp, path)
+        with atomic_output(path, suffix=path.suffix) as tmp:
+            lib.export_library(str(tmp), **options)
     except RuntimeError as err:
         raise DeviceError(
             f"linking {path.name} for target {spec.name!r} failed: {_linker_complaint(str(err))} "
             f"(was it compiled with tvm_target({spec.name!r})?)"
         ) from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -3,13 +3,13 @@
 A checkpoint is a ``torch.save`` dict of tensors and plain types only, so it loads with
 ``torch.load(weights_only=True)``. It holds the configuration, the model spec, weights, masks and
 schemes, optimizer and LR scheduler state, the next epoch, forgetting statistics, the kept training
-examples, the metrics history and the torch RNG state. A truncated or foreign file raises
-:class:`~mest.errors.CheckpointError`; nothing here ever writes over a file it could not read.
+examples, the metrics history and the torch RNG state. A truncated, damaged (its zip checksums),
+foreign or inconsistent file raises :class:`~mest.errors.CheckpointError`; nothing here ever writes
+over a file it could not read.
 """
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from devices.files import atomic_write
 from mest.config import TrainConfig
 from mest.errors import CheckpointError, MestError
-from mest.io import atomic_write
-from mest.models import build_model
+from mest.models import MODEL_NAMES, build_model
+from mest.schemes import SCHEMES
 
 FORMAT = "mest-checkpoint"
 VERSION = 1
@@ -35,6 +36,11 @@ class ModelSpec:
     num_classes: int
     in_channels: int
     image_size: int
+
+    def __post_init__(self) -> None:
+        if self.name not in MODEL_NAMES or not all(type(n) is int and n > 0 for n in
+                                                    (self.num_classes, self.in_channels, self.image_size)):
+            raise CheckpointError(f"model spec {self} names no model this mest builds"[:200])
 
 
 @dataclass
@@ -74,8 +80,47 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return path / CHECKPOINT_NAME if path.is_dir() else path
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file that ``path`` (a file or a run directory) names; :class:`CheckpointError` if none."""
+    path = resolve_checkpoint_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+#: Type of every entry of the payload (``sparse`` holds dicts ``masks``, ``schemes``, ``sparsity``).
+PAYLOAD_TYPES = {"config": dict, "model_spec": dict, "epoch": int, "model": dict, "sparse": dict, "optimizer": dict,
+                 "scheduler": dict, "forgetting": dict, "kept_examples": torch.Tensor, "history": list, "rng": dict}
+
+
+def _payload_problem(state: dict) -> str | None:
+    """What makes a payload unusable, in a few words, or None (weights and masks are checked to fit)."""
+    for key, kind in PAYLOAD_TYPES.items():
+        value = state.get(key)
+        if not (type(value) is int if kind is int else isinstance(value, kind)):  # a bool is no epoch
+            return f"its {key!r} is {type(value).__name__}, not {kind.__name__}"
+    model, sparse = state["model"], state["sparse"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "its weights are not tensors by parameter name"
+    masks, schemes = sparse.get("masks"), sparse.get("schemes")
+    if not (isinstance(masks, dict) and isinstance(schemes, dict) and isinstance(sparse.get("sparsity"), dict)):
+        return "its sparse state lacks masks, schemes or sparsity"
+    for fqn, mask in masks.items():
+        if not (isinstance(mask, torch.Tensor) and fqn in model and mask.shape == model[fqn].shape):
+            return f"its mask {str(fqn)[:60]!r} fits no weight of the model"
+    for fqn, scheme in schemes.items():
+        sparsity = sparse["sparsity"].get(fqn)
+        if (fqn not in masks or not isinstance(scheme, str) or scheme not in SCHEMES
+                or type(sparsity) not in (int, float) or not 0.0 <= sparsity < 1.0):
+            return f"its sparse layer {str(fqn)[:60]!r} has no mask, no sparsity in [0, 1) or an unknown scheme"
+    return None
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load and check a checkpoint written by the trainer.
+
+    The file is read as data only (``torch.load(weights_only=True)``) after the CRC of every entry
+    of its zip archive has been checked, so a flipped byte is an error rather than a changed weight.
 
     Parameters
     ----------
@@ -85,29 +130,34 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     Raises
     ------
     CheckpointError
-        The file is missing, truncated, not a torch file, or not a mest checkpoint.
+        The file is missing, truncated, damaged, not a torch file, not a mest checkpoint, or its
+        content does not fit together (masks of no weight, an epoch past the run, ...).
     """
-    path = resolve_checkpoint_path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = find_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        state = None if damaged else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (a torch.load of corrupt bytes raises any type; none is our bug)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or not a torch file ({reason[:120]})") from None
+    if damaged:
+        raise CheckpointError(f"checkpoint {path} is damaged: {damaged} fails its checksum")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mest-tvm checkpoint")
     if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {path} has version {state.get('version')}, this mest reads {VERSION}")
+        raise CheckpointError(f"checkpoint {path} has version {state.get('version')!r:.40}, this mest reads {VERSION}")
+    problem = _payload_problem(state)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is inconsistent: {problem}")
     try:
         config = TrainConfig.from_dict(state["config"])
         spec = ModelSpec(**state["model_spec"])
-        epoch = int(state["epoch"])
-        for key in ("model", "sparse", "optimizer", "scheduler"):
-            state[key]
-    except (KeyError, TypeError, MestError) as err:
-        raise CheckpointError(f"checkpoint {path} is incomplete or inconsistent ({err})") from None
-    return Checkpoint(path=path, config=config, model_spec=spec, epoch=epoch, state=state)
+    except (TypeError, MestError) as err:
+        raise CheckpointError(f"checkpoint {path} is inconsistent ({str(err)[:160]})") from None
+    if not 0 <= state["epoch"] <= config.epochs:
+        raise CheckpointError(f"checkpoint {path} is inconsistent: epoch {state['epoch']} of a {config.epochs}-epoch run")
+    return Checkpoint(path=path, config=config, model_spec=spec, epoch=state["epoch"], state=state)
 
 
 def model_from_checkpoint(checkpoint: Checkpoint) -> nn.Module:

@@ -12,8 +12,9 @@ With a session (``local`` by default on x86, the qemu emulator by default for AR
 library is loaded there and its logits are compared with PyTorch eval on a random batch. armv7 has no
 TVM runtime to run a whole model under emulation: its sparse kernels are run one by one by the
 ``devices`` kernel runner under qemu-arm and compared with the same kernels built for this host. Bad input
-(no masks, an unknown target, a missing toolchain, an unreadable checkpoint, a model the import cannot
-take) prints one ``error:`` line and exits with code 2. A corrupt tuning database is a warning.
+(no masks, an unknown target, a missing toolchain, an unreadable checkpoint, an ``--out`` that cannot be
+written, a model the import cannot take) prints one ``error:`` line and exits with code 2. A corrupt
+tuning database is a warning.
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+from mest.cli import ArgumentParser
+from mest.rundir import output_dir
+
 EXIT_BAD_INPUT = 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mest.compile", description=__doc__.splitlines()[0])
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m mest.compile", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="checkpoint file of mest.train, or its run directory")
-    parser.add_argument("--target", required=True, help="x86, arm (= arm64), arm64 or armv7")
+    parser.add_argument("--target", required=True, help="x86, arm (= arm64), arm64 or armv7 (required)")
     parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: under ~/.cache/mest-tvm)")
     parser.add_argument("--trials", type=int, default=0, help="tune what the database lacks first: N knob-search trials per sparse kernel, "
                         "N MetaSchedule trials over the dense operators (default 0: use the database as is; "
@@ -41,15 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="output directory (default: <run dir>/compiled-<target>)")
     parser.add_argument("--session", help="local | rpc | emulator | tracker:HOST:PORT:KEY (default: local on x86, "
                         "the emulator for ARM when qemu is installed)")
-    parser.add_argument("--batch", type=int, default=1, help="static batch size of the compiled module")
-    parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR")
+    parser.add_argument("--batch", type=int, default=1, help="static batch size of the compiled module (default 1)")
+    parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR (default: none)")
     return parser
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _format_ms(value: float | None) -> str:
@@ -102,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from devices.files import atomic_write_bytes
     from devices.sessions import open_session
     from devices.targets import EMULATION_RPC, export_library, get_target, tvm_target
     from mest.checkpoint import load_checkpoint, model_from_checkpoint
@@ -151,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
         "check": None,
     }
     with contextlib.ExitStack() as stack:
+        stack.enter_context(output_dir(out))  # written last: check up front that it can be
+        if args.dump_ir:
+            stack.enter_context(output_dir(Path(args.dump_ir), "--dump-ir"))
         session = stack.enter_context(open_session(session_kind, spec)) if session_kind else None
         tuning = SparseTuning(session, args.trials, progress) if args.trials else None
         kernels = SchedulesKernels(spec.name, database.sparse, tuning)
@@ -159,11 +160,10 @@ def run(args: argparse.Namespace) -> int:
             tuning_runner=_dense_runner(session_kind) if args.trials else None,
             dump_dir=args.dump_ir, progress=progress,
         )
-        out.mkdir(parents=True, exist_ok=True)
         report["library"] = str(export_library(compiled.executable, out / "model.so", spec))
         buffer = io.BytesIO()
         np.savez(buffer, **compiled.stored_arrays)
-        _atomic_bytes(out / "params.npz", buffer.getvalue())
+        atomic_write_bytes(out / "params.npz", buffer.getvalue())
         report["compile_seconds"] = round(time.perf_counter() - start, 3)
         report["phase_seconds"] = {name: round(value, 3) for name, value in compiled.phase_seconds.items()}
         if session is None:
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             time_layers(compiled.mod, compiled.layers, tvm_target(spec), session)
             report["model_time"] = time_model(session, vm, x).describe()
     report["layers"] = [layer.to_json() for layer in compiled.layers]
-    _atomic_bytes(out / "report.json", json.dumps(report, indent=1).encode())
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
     _print_report(report)
     return 0
 

@@ -8,6 +8,9 @@ Long CIFAR runs follow the reference (160 epochs, mutation every 5, decay at 90 
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, fields, replace
 
 from mest.data import DATASET_NAMES
@@ -45,18 +48,41 @@ class TrainConfig:
     backend: str = "tvm"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "decay_epochs", tuple(int(e) for e in self.decay_epochs))
+        hints = typing.get_type_hints(TrainConfig)
+        for f in fields(self):
+            object.__setattr__(self, f.name, _typed(f.name, getattr(self, f.name), hints[f.name]))
         _check_choice("model", self.model, MODEL_NAMES)
         _check_choice("dataset", self.dataset, DATASET_NAMES)
         _check_choice("scheme", self.scheme, tuple(SCHEMES))
         _check_choice("backend", self.backend, BACKENDS)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be positive")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sparsity", "lr", "momentum", "weight_decay", "grad_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr:g}")
-        if self.remove_count < 0:
-            raise ConfigError(f"remove_count must be >= 0, got {self.remove_count}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum:g}")
+        for name in ("weight_decay", "grad_weight", "remove_count"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name):g}")
+        if self.remove_epoch is not None and self.remove_epoch < 0:
+            raise ConfigError(f"remove_epoch must be >= 0, got {self.remove_epoch}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.dataset == "digits" and self.data_dir is not None:
+            raise ConfigError("data_dir is for cifar10 and cifar100 (digits ships with scikit-learn); "
+                              "give the dataset too, e.g. --dataset cifar10")
+        if self.ranking_in is not None and not self.removes_examples():
+            raise ConfigError(f"ranking_in has no effect: this run removes no example (remove_count "
+                              f"{self.remove_count}, remove_epoch {self.remove_epoch} of {self.epochs} epochs)")
         self.mutation_schedule()  # validates schedule kind, sparsity, update_freq, decay epochs
+
+    def removes_examples(self) -> bool:
+        """Whether the run removes examples (a count, at an epoch it reaches)."""
+        return self.remove_count > 0 and self.remove_epoch is not None and self.remove_epoch < self.epochs
 
     def mutation_schedule(self) -> MutationSchedule:
         """The mutation schedule this configuration describes."""
@@ -80,6 +106,21 @@ class TrainConfig:
     def override(self, **changes: object) -> "TrainConfig":
         """A copy with the non-None ``changes`` applied."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _typed(name: str, value: object, kind: object) -> object:
+    """``value`` as a field of type ``kind`` (an int is taken as a float), else :class:`ConfigError`."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if value is None and type(None) in options:
+        return None
+    if float in options and type(value) in (int, float):
+        return float(value)
+    if type(value) in options:  # str or int (a bool is not an int here)
+        return value
+    if tuple[int, ...] in options and isinstance(value, (tuple, list)) and all(type(v) is int for v in value):
+        return tuple(value)
+    expected = " or ".join(o.__name__ if isinstance(o, type) else str(o) for o in options).replace("NoneType", "None")
+    raise ConfigError(f"{name} must be {expected}, got {value!r}"[:200])
 
 
 def _check_choice(what: str, value: str, known: tuple[str, ...]) -> None:

@@ -2,7 +2,10 @@
 
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 1 channel), split
   80/20 with a fixed seed; it ships with scikit-learn, so nothing is downloaded.
-- ``cifar10`` / ``cifar100``: the standard python-pickle batches in a directory the user names.
+- ``cifar10`` / ``cifar100``: the standard python-pickle batches in a directory the user names,
+  read as data only (an unpickler that builds dicts, lists, bytes, str, int and numpy arrays and
+  refuses any other name unimported) and checked before training: uint8 images of 3072 bytes
+  (32x32x3), as many labels as images, every label a class of the dataset.
 
 Every random choice (shuffle, crop, flip) comes from a generator the trainer seeds per epoch, so a
 resumed run sees exactly the batches of an uninterrupted one.
@@ -10,6 +13,7 @@ resumed run sees exactly the batches of an uninterrupted one.
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ import torch.nn.functional as F
 from mest.errors import ConfigError, DataError
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100")
+#: Bytes of one CIFAR image in a python batch: 32 x 32 pixels x 3 channels, channel-major.
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
 
 
 @dataclass(frozen=True)
@@ -95,20 +101,101 @@ def _load_digits() -> Dataset:
                    num_classes=10, crop_padding=1, horizontal_flip=False)
 
 
-def _read_pickle(path: Path) -> dict:
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as pickle protocol 2 uses it for bytes, and for nothing else."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not how a CIFAR batch stores bytes")
+    return text.encode("latin1")
+
+
+def _empty_bytes() -> bytes:
+    """``bytes()`` as pickle protocol 2 writes an empty bytes object (no size argument)."""
+    return b""
+
+
+_ARRAY = np.zeros(1, dtype=np.uint8)
+_RECONSTRUCT, _FROMBUFFER = _ARRAY.__reduce_ex__(2)[0], _ARRAY.__reduce_ex__(5)[0]
+#: The only globals a CIFAR python batch (dict, list, bytes, str, int and numpy arrays) refers to, by
+#: the names old and new Python and numpy pickle them under. Anything else is refused unimported.
+CIFAR_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds plain data and numpy arrays, and never imports or calls anything else."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return CIFAR_PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR batch holds "
+                                         "(refused, not imported)") from None
+
+
+def read_cifar_batch(path: Path) -> dict:
+    """Unpickle one CIFAR python batch file as data only.
+
+    Raises
+    ------
+    DataError
+        The file is missing, unreadable, not a pickle, or refers to anything but plain data and
+        numpy arrays (such a file is refused before anything it names is imported).
+    """
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"CIFAR batch file missing: {path}")
     try:
-        with path.open("rb") as handle:
-            return pickle.load(handle, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"CIFAR batch file {path} is not a python pickle: {err}") from None
+        content = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read CIFAR batch file {path}: {err.strerror}") from None
+    try:
+        return _CifarUnpickler(io.BytesIO(content), encoding="bytes").load()
+    except Exception as err:  # noqa: BLE001 (corrupt bytes provoke any exception; none is a bug of ours)
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise DataError(f"CIFAR batch file {path} is not a CIFAR python-pickle batch: {reason}") from None
 
 
-def _cifar_split(batches: list[dict], label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
-    data = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([np.asarray(b[label_key]) for b in batches])
-    return torch.from_numpy(data.astype(np.float32) / 255.0), torch.from_numpy(labels.astype(np.int64))
+def _batch_arrays(batch: object, path: Path, label_key: bytes, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``uint8 [N, 3072]`` and labels ``int64 [N]`` of a batch, checked, or :class:`DataError`."""
+    where = f"CIFAR batch file {path}"
+    if not isinstance(batch, dict):
+        raise DataError(f"{where} holds a {type(batch).__name__}, not a batch dict")
+    for key in (b"data", label_key):
+        if key not in batch:
+            raise DataError(f"{where} has no {key.decode()!r} entry")
+    images, labels = batch[b"data"], batch[label_key]
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
+            and images.shape[1] == CIFAR_IMAGE_BYTES):
+        shape = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise DataError(f"{where}: images are {shape}, CIFAR batches hold uint8 [N, {CIFAR_IMAGE_BYTES}] (32x32x3)")
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise DataError(f"{where}: {label_key.decode()} is not a list of integers")
+    if len(labels) != len(images):
+        raise DataError(f"{where} holds {len(images)} images but {len(labels)} labels")
+    wrong = next((v for v in labels if not 0 <= v < classes), None)
+    if wrong is not None:
+        raise DataError(f"{where} has label {wrong}, outside 0..{classes - 1}")
+    return images, np.asarray(labels, dtype=np.int64)
+
+
+def _cifar_split(paths: list[Path], label_key: bytes, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    arrays = [_batch_arrays(read_cifar_batch(p), p, label_key, classes) for p in paths]
+    images = np.concatenate([a[0] for a in arrays]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([a[1] for a in arrays])
+    if not len(labels):
+        raise DataError(f"CIFAR batch files {', '.join(str(p) for p in paths)} hold no images")
+    return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels)
 
 
 def _load_cifar(name: str, data_dir: Path) -> Dataset:
@@ -118,11 +205,8 @@ def _load_cifar(name: str, data_dir: Path) -> Dataset:
         train_files, test_files, key, classes = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10
     else:
         train_files, test_files, key, classes = ["train"], ["test"], b"fine_labels", 100
-    try:
-        train_x, train_y = _cifar_split([_read_pickle(data_dir / f) for f in train_files], key)
-        test_x, test_y = _cifar_split([_read_pickle(data_dir / f) for f in test_files], key)
-    except (KeyError, ValueError) as err:
-        raise DataError(f"{data_dir} does not hold {name} python-pickle batches ({err})") from None
+    train_x, train_y = _cifar_split([data_dir / f for f in train_files], key, classes)
+    test_x, test_y = _cifar_split([data_dir / f for f in test_files], key, classes)
     train_x, test_x = _normalised(train_x, test_x)
     return Dataset(name, Split(train_x, train_y), Split(test_x, test_y),
                    num_classes=classes, crop_padding=4, horizontal_flip=True)

@@ -21,3 +21,7 @@ class DataError(MestError, OSError):
 
 class CheckpointError(MestError, OSError):
     """A checkpoint is missing, truncated, foreign or inconsistent."""
+
+
+class RunDirError(MestError, OSError):
+    """A run directory cannot be created or written, or another run holds it."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from devices.files import atomic_write_text
 from mest.errors import ConfigError
-from mest.io import atomic_write_text
 
 
 @dataclass
@@ -60,10 +60,16 @@ class ForgettingStats:
         return cls(state["last_correct"].bool(), state["events"].long(), state["learned"].bool())
 
 
+def check_remove_count(count: int, num_examples: int) -> None:
+    """Raise :class:`ConfigError` unless removing ``count`` examples leaves some of ``num_examples``."""
+    if not 0 <= count < num_examples:
+        raise ConfigError(f"remove_count {count} would leave no training example of {num_examples}; "
+                          f"remove fewer (at most {num_examples - 1})")
+
+
 def unforgettable(ranking: torch.Tensor, count: int) -> torch.Tensor:
     """The ``count`` least-forgotten examples of a ranking, sorted by index."""
-    if not 0 <= count <= len(ranking):
-        raise ConfigError(f"cannot remove {count} of {len(ranking)} training examples")
+    check_remove_count(count, len(ranking))
     return torch.sort(ranking[:count]).values
 
 
@@ -75,14 +81,36 @@ def save_ranking(path: Path, ranking: torch.Tensor, events: torch.Tensor) -> Non
     }))
 
 
-def load_ranking(path: Path, num_examples: int) -> torch.Tensor:
-    """Read a ranking written by :func:`save_ranking` for a training set of ``num_examples``."""
+def read_ranking(path: Path) -> list[int]:
+    """Read a ranking written by :func:`save_ranking`: distinct example indices, least forgotten first.
+
+    Raises
+    ------
+    ConfigError
+        The file is unreadable, not a ranking, or lists a float, a negative or a repeated index.
+    """
     try:
         data = json.loads(Path(path).read_text())
-        ranking = torch.tensor(data["ranking"], dtype=torch.int64)
-        ok = data.get("format") == "mest-forgetting-ranking"
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"cannot read forgetting ranking {path}: {err}") from None
-    if not ok or len(ranking) != num_examples or not torch.equal(torch.sort(ranking).values, torch.arange(num_examples)):
-        raise ConfigError(f"forgetting ranking {path} is not a ranking of this training set ({num_examples} examples)")
+    except (OSError, ValueError, RecursionError) as err:
+        raise ConfigError(f"cannot read forgetting ranking {path}: {str(err)[:120]}") from None
+    if not (isinstance(data, dict) and data.get("format") == "mest-forgetting-ranking"
+            and isinstance(data.get("ranking"), list)):
+        raise ConfigError(f"{path} is not a forgetting ranking (a ranking written by mest.train)")
+    ranking = data["ranking"]
+    wrong = next((v for v in ranking if type(v) is not int or v < 0), None)
+    if wrong is not None:
+        raise ConfigError(f"forgetting ranking {path} lists {wrong!r}, which is not an example index")
+    if len(set(ranking)) != len(ranking):
+        raise ConfigError(f"forgetting ranking {path} lists {len(ranking) - len(set(ranking))} examples more than once")
     return ranking
+
+
+def check_ranking(ranking: list[int], num_examples: int, path: Path) -> torch.Tensor:
+    """``ranking`` (from :func:`read_ranking`) as a tensor, if it ranks exactly ``num_examples`` examples."""
+    if len(ranking) != num_examples:
+        raise ConfigError(f"forgetting ranking {path} ranks {len(ranking)} examples, "
+                          f"the training set has {num_examples}")
+    beyond = next((v for v in ranking if v >= num_examples), None)
+    if beyond is not None:
+        raise ConfigError(f"forgetting ranking {path} lists example {beyond}, outside 0..{num_examples - 1}")
+    return torch.tensor(ranking, dtype=torch.int64)

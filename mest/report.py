@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
-from mest.io import atomic_write  # noqa: E402
+from devices.files import atomic_write  # noqa: E402
 
 
 def plot_history(history: list[dict], path: Path) -> Path:

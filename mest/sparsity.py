@@ -11,6 +11,7 @@ of a pruned filter is masked as well (its weight and bias), so that a pruned fil
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mest.errors import ConfigError
+from mest.errors import ConfigError, SchemeError
 from mest.models import conv_bn_pairs
 from mest.mutation import MutationSchedule
 from mest.schemes import derived_generator, get_scheme
@@ -35,21 +36,44 @@ def default_profile(model: nn.Module, sparsity: float) -> dict[str, float]:
     return {f"{name}.weight": sparsity for name, m in convs[1:] if m.kernel_size == (3, 3)}
 
 
-def load_profile(path: Path, model: nn.Module) -> dict[str, float]:
-    """Read a per-layer profile: a JSON object ``{parameter FQN: sparsity}``."""
+def read_profile(path: Path) -> dict[str, float]:
+    """Read a per-layer profile: a JSON object ``{parameter FQN: sparsity}`` naming at least one layer.
+
+    Raises
+    ------
+    ConfigError
+        The file is unreadable, not such an object, empty, names a layer twice, or gives a
+        sparsity that is not a number in ``[0, 1)``.
+    """
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        twice = next((fqn for fqn, count in Counter(fqn for fqn, _ in pairs).items() if count > 1), None)
+        if twice is not None:
+            raise ConfigError(f"sparsity profile {path} names {twice!r} twice")
+        return dict(pairs)
+
     try:
-        profile = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read sparsity profile {path}: {err}") from None
-    params = dict(model.named_parameters())
+        profile = json.loads(Path(path).read_text(), object_pairs_hook=unique)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, RecursionError) as err:
+        raise ConfigError(f"cannot read sparsity profile {path}: {str(err)[:120]}") from None
     if not isinstance(profile, dict):
         raise ConfigError(f"sparsity profile {path} must be a JSON object of FQN -> sparsity")
+    if not profile:
+        raise ConfigError(f"sparsity profile {path} names no layer: nothing would be sparse")
     for fqn, sparsity in profile.items():
-        if fqn not in params:
-            raise ConfigError(f"sparsity profile names {fqn!r}, which is not a parameter of the model")
-        if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
-            raise ConfigError(f"sparsity {sparsity!r} of {fqn} is outside [0, 1)")
+        if type(sparsity) not in (int, float) or not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"sparsity {sparsity!r} of {fqn} in {path} is not a number in [0, 1)"[:200])
     return {fqn: float(s) for fqn, s in profile.items()}
+
+
+def check_profile(profile: dict[str, float], model: nn.Module, path: Path) -> dict[str, float]:
+    """``profile`` (from :func:`read_profile`) if every FQN it names is a parameter of ``model``."""
+    params = dict(model.named_parameters())
+    for fqn in profile:
+        if fqn not in params:
+            raise ConfigError(f"sparsity profile {path} names {fqn[:80]!r}, which is not a parameter of the model")
+    return profile
 
 
 @dataclass
@@ -169,6 +193,9 @@ class SparseState:
             weight = params[fqn].detach()
             rule.check(weight.shape, 1.0 - sparsity)
             masks[fqn] = rule.prune(weight.abs(), torch.ones_like(weight, dtype=torch.bool), 1.0 - sparsity)
+            if not masks[fqn].any():
+                raise SchemeError(f"sparsity {sparsity:g} leaves {fqn} ({weight.numel()} weights) with none under "
+                                  f"the {scheme} scheme; give a lower sparsity")
         state = cls.from_masks(model, masks, {f: scheme for f in profile}, dict(profile))
         state.apply_to_weights()
         return state

@@ -5,6 +5,9 @@ Examples
 ``python -m mest.train`` (the default preset on the bundled digits data),
 ``python -m mest.train --preset resnet32-cifar10-em-s-90 --data-dir ~/cifar-10-batches-py --scheme pattern``,
 ``python -m mest.train --resume runs/resnet20-digits-em-s-90``.
+
+A run locks its directory for its whole life (:mod:`mest.rundir`): a second ``mest.train`` on the
+same ``--out``, or a ``--resume`` of a running run, is refused; so is resuming a finished run.
 """
 
 from __future__ import annotations
@@ -13,40 +16,78 @@ import argparse
 import sys
 from pathlib import Path
 
-from mest.checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint_path
-from mest.cli import run_main
+from mest.checkpoint import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, resolve_checkpoint_path
+from mest.cli import ArgumentParser, run_main
 from mest.config import BACKENDS, DEFAULT_PRESET, PRESETS, get_preset
+from mest.data import DATASET_NAMES
 from mest.errors import CheckpointError, ConfigError
+from mest.models import MODEL_NAMES
+from mest.rundir import LOCK_NAME, locked_run_dir
+from mest.schemes import SCHEMES
 from mest.trainer import PLOT_NAME, Trainer, run_summary
 
-#: Flags that override fields of the preset's TrainConfig (flag name = field name).
+#: Flags that override fields of the preset's TrainConfig (flag name = field name), with their help.
 OVERRIDES = {
-    "model": str, "dataset": str, "data_dir": str, "scheme": str, "sparsity": float, "schedule": str,
-    "update_freq": int, "epochs": int, "batch_size": int, "lr": float, "grad_weight": float,
-    "remove_epoch": int, "remove_count": int, "ranking_in": str, "profile": str, "seed": int,
-    "backend": str,
+    "model": (str, f"network: {', '.join(MODEL_NAMES)}"),
+    "dataset": (str, f"{', '.join(DATASET_NAMES)} (CIFAR needs --data-dir)"),
+    "data_dir": (str, "folder of the CIFAR python-pickle batches (data_batch_1 ... test_batch)"),
+    "scheme": (str, f"sparsity scheme: {', '.join(SCHEMES)}"),
+    "sparsity": (float, "target sparsity of the sparse layers, in [0, 1)"),
+    "schedule": (str, "mutation schedule: em (Elastic Mutation) or ems (Soft Memory Bound)"),
+    "update_freq": (int, "epochs between mutations, >= 1 (epoch 0 mutates)"),
+    "epochs": (int, "epochs to train, >= 1"),
+    "batch_size": (int, "training batch, >= 1"),
+    "lr": (float, "initial learning rate (cosine to 0), > 0"),
+    "momentum": (float, "SGD momentum, in [0, 1)"),
+    "weight_decay": (float, "SGD weight decay, >= 0"),
+    "grad_weight": (float, "lambda of the mutation's importance |w| + lambda |grad|, >= 0"),
+    "remove_epoch": (int, "epoch at which the least-forgotten examples are removed"),
+    "remove_count": (int, "examples removed then (0: none; fewer than the training set)"),
+    "ranking_in": (str, "forgetting_ranking.json of an earlier run: remove its examples (none: this run's)"),
+    "profile": (str, "JSON file {parameter FQN: sparsity} (none: the 3x3 convs of the stages at --sparsity)"),
+    "seed": (int, "seed of the init, the shuffle and the mutations"),
+    "backend": (str, "tvm (compact layers, TVM kernels) or torch-mask (masked dense, the reference)"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mest.train", description=__doc__.splitlines()[0])
+def _decay_epochs(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(e) for e in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epochs joined by '-', e.g. 90-120, got {text!r}") from None
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "none"
+    return "-".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m mest.train", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"named configuration (default {DEFAULT_PRESET})")
     parser.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     parser.add_argument("--out", type=Path, help="run directory (default runs/<preset>[-N])")
-    parser.add_argument("--resume", type=Path, help="continue the run in this checkpoint or run directory")
-    parser.add_argument("--decay-epochs", type=lambda s: tuple(int(e) for e in s.split("-")),
-                        help="epochs where the mutation bounds step, e.g. 90-120")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for name, kind in OVERRIDES.items():
+    parser.add_argument("--resume", type=Path, help="continue the run in this checkpoint or run directory "
+                        "(default: none, a new run)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    preset = PRESETS[DEFAULT_PRESET]
+    overrides = parser.add_argument_group(
+        "preset fields", f"each defaults to the --preset's value; the defaults shown are {DEFAULT_PRESET}'s")
+    overrides.add_argument("--decay-epochs", type=_decay_epochs,
+                           help=f"two epochs where the mutation bounds step (default {_shown(preset.decay_epochs)})")
+    for name, (kind, text) in OVERRIDES.items():
         extra = {"choices": BACKENDS} if name == "backend" else {}
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, **extra)
+        overrides.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                               help=f"{text} (default {_shown(getattr(preset, name))})", **extra)
     return parser
 
 
 def _fresh_out_dir(preset: str) -> Path:
+    """``runs/<preset>``, or the first ``runs/<preset>-N`` that holds no run (finished or running)."""
     base = Path("runs") / preset
     candidate, n = base, 1
-    while (candidate / CHECKPOINT_NAME).exists():
+    while (candidate / CHECKPOINT_NAME).exists() or (candidate / LOCK_NAME).exists():
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
@@ -65,17 +106,28 @@ def main(argv: list[str] | None = None) -> int:
         given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None]
         if given or args.out is not None:
             raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {' '.join(given or ['--out'])}")
-        checkpoint = load_checkpoint(args.resume)
-        trainer = Trainer.resume(checkpoint, progress=progress)
-        print(f"resuming {checkpoint.path} at epoch {checkpoint.epoch + 1}/{checkpoint.config.epochs}")
-    else:
-        config = get_preset(args.preset).override(**overrides)
-        out_dir = args.out if args.out is not None else _fresh_out_dir(args.preset)
+        path = find_checkpoint(args.resume)
+        with locked_run_dir(path.parent, create=False):
+            checkpoint = load_checkpoint(path)
+            if checkpoint.epoch >= checkpoint.config.epochs:
+                raise CheckpointError(f"the run in {path.parent} is finished ({checkpoint.epoch} of "
+                                      f"{checkpoint.config.epochs} epochs): nothing to resume")
+            trainer = Trainer.resume(checkpoint, progress=progress)
+            print(f"resuming {checkpoint.path} at epoch {checkpoint.epoch + 1}/{checkpoint.config.epochs}")
+            return _train(trainer)
+    config = get_preset(args.preset).override(**overrides)
+    out_dir = args.out if args.out is not None else _fresh_out_dir(args.preset)
+    with locked_run_dir(out_dir):
         if (out_dir / CHECKPOINT_NAME).exists():
             raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume {out_dir} or another --out")
         trainer = Trainer(config, out_dir, progress=progress)
         print(f"training {config.model} on {config.dataset}: {config.scheme} sparsity {config.sparsity:g}, "
               f"schedule {config.schedule}, {config.epochs} epochs -> {out_dir}")
+        return _train(trainer)
+
+
+def _train(trainer: Trainer) -> int:
+    """Run the trainer to the end and print the run's summary."""
     final = trainer.run()
     summary = run_summary(trainer.history)
     print(f"test accuracy {final['test_acc']:.4f} at density {final['density']:.4f} of the sparse layers "

@@ -19,14 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from devices.files import atomic_write_text, remove_stale_temporaries
 from mest.checkpoint import CHECKPOINT_NAME, Checkpoint, ModelSpec, save_checkpoint
 from mest.config import TrainConfig
 from mest.data import Dataset, load_dataset, test_batches, train_batches
 from mest.errors import CheckpointError, ConfigError
-from mest.forgetting import ForgettingStats, load_ranking, save_ranking, unforgettable
-from mest.io import atomic_write_text
+from mest.forgetting import (ForgettingStats, check_ranking, check_remove_count, read_ranking, save_ranking,
+                             unforgettable)
 from mest.models import build_model
-from mest.sparsity import SparseState, default_profile, load_profile
+from mest.sparsity import SparseState, check_profile, default_profile, read_profile
 
 METRICS_NAME = "metrics.jsonl"
 RANKING_NAME = "forgetting_ranking.json"
@@ -58,12 +59,20 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
+        # The files a config names are read before the data, so a bad one costs no data loading.
+        ranking = read_ranking(Path(config.ranking_in)) if config.ranking_in else None
+        profile = read_profile(Path(config.profile)) if config.profile else None
         self.data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
+        if config.removes_examples():
+            check_remove_count(config.remove_count, len(self.data.train))
+        if config.batch_size > len(self.data.train):
+            raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
+                              f"({len(self.data.train)} examples)")
         self.spec = ModelSpec(config.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.schedule = config.mutation_schedule()
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, self.spec.num_classes, self.spec.in_channels)
-        profile = (load_profile(Path(config.profile), self.model) if config.profile
+        profile = (check_profile(profile, self.model, Path(config.profile)) if profile is not None
                    else default_profile(self.model, config.sparsity))
         self.sparse = SparseState.prune_init(self.model, profile, config.scheme)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -73,8 +82,8 @@ class Trainer:
         self.kept_examples = torch.arange(len(self.data.train))
         self.history: list[dict] = []
         self.epoch = 0
-        self.ranking_in = (load_ranking(Path(config.ranking_in), len(self.data.train))
-                           if config.ranking_in else None)
+        self.ranking_in = (check_ranking(ranking, len(self.data.train), Path(config.ranking_in))
+                           if ranking is not None else None)
         if checkpoint is not None:
             self._restore(checkpoint)
         if config.backend == "tvm":
@@ -102,18 +111,37 @@ class Trainer:
             self.kept_examples = state["kept_examples"].long()
             self.history = list(state["history"])
             torch.set_rng_state(state["rng"]["torch"])
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: {str(err).splitlines()[0]}") from None
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: {reason}") from None
+        examples, kept = len(self.data.train), self.kept_examples
+        kept_fits = (kept.ndim == 1 and len(kept) > 0 and len(kept.unique()) == len(kept)
+                     and 0 <= int(kept.min()) and int(kept.max()) < examples)
+        if not kept_fits or any(t.shape != (examples,) for t in self.forgetting.state_dict().values()):
+            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: its examples are not those of "
+                                  f"this training set ({examples})")
+        if len(self.history) != checkpoint.epoch or not all(isinstance(m, dict) for m in self.history):
+            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: its history is not one entry per epoch")
         self.epoch = checkpoint.epoch
 
     # -- one run ---------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train the remaining epochs; return the last epoch's metrics."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Train the remaining epochs (after :meth:`tidy_run_dir`); return the last epoch's metrics."""
+        self.tidy_run_dir()
         while self.epoch < self.config.epochs:
             self.run_epoch()
         self.write_plot()
         return self.history[-1]
+
+    def tidy_run_dir(self) -> None:
+        """Undo what a kill left: temporaries of dead writers go, metrics agree with the checkpoint.
+
+        The metrics file is written just before the checkpoint, so after a kill it may hold one epoch
+        more; it is rewritten from the history (the checkpoint's, on a resume), which is the truth.
+        """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
+        self.write_metrics()
 
     def run_epoch(self) -> dict:
         """Removal, mutation, one pass over the kept examples, evaluation, metrics, checkpoint."""

@@ -2,8 +2,8 @@
 
 A record is keyed by (scheme, direction, weight shape, input shape, stride, density bucket, target);
 its value holds the knobs, the measured median seconds of the tuned kernel, that of the default
-knobs and of PyTorch dense when the tuner measured them. Writes are atomic (temporary file +
-``os.replace``) and merge with what another process wrote meanwhile. A file that is not valid JSON,
+knobs and of PyTorch dense when the tuner measured them. Writes are atomic
+(:func:`devices.files.atomic_write_text`) and merge with what another process wrote meanwhile. A file that is not valid JSON,
 or was written by another tool or another TVM version, is moved aside untouched (``*.corrupt-<time>``
 or ``*.foreign-<time>``) with a warning, and a fresh database is started.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import tvm
 
+from devices.files import atomic_write_text
 from schedules.errors import TuningDatabaseError
 from schedules.kernels.knobs import Knobs
 
@@ -129,7 +129,7 @@ def _read(path: Path) -> dict[str, dict]:
         return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         return _set_aside(path, "corrupt", f"not a readable JSON file ({type(err).__name__})")
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         return _set_aside(path, "foreign", "not a mest-tvm tuning database")
@@ -138,12 +138,32 @@ def _read(path: Path) -> dict[str, dict]:
     records = data.get("records")
     if not isinstance(records, dict):
         return _set_aside(path, "corrupt", "its records are not a JSON object")
+    bad = next((key for key, record in records.items() if not _is_record(record)), None)
+    if bad is not None:
+        return _set_aside(path, "corrupt", f"its record {bad[:80]!r} is not a tuning record")
     return records
+
+
+def _is_record(data: object) -> bool:
+    """Whether ``data`` is what :meth:`Record.to_json` writes (knobs of the right types, times > 0)."""
+    try:
+        record = Record.from_json(data)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
+    if not isinstance(data["knobs"], dict):
+        return False
+    knobs = record.knobs.to_json()
+    times = [record.seconds] + [t for t in (record.default_seconds, record.torch_seconds) if t is not None]
+    return (type(knobs.pop("tile_outer")) is bool and all(type(v) is int and v >= 0 for v in knobs.values())
+            and all(type(t) in (int, float) and math.isfinite(t) and t > 0 for t in times) and record.trials >= 0)
 
 
 def _set_aside(path: Path, why: str, reason: str) -> dict:
     aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}")
-    os.replace(path, aside)
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        raise TuningDatabaseError(f"tuning database {path} is {reason}, and cannot be set aside: {err.strerror}") from None
     warnings.warn(f"tuning database {path} is {reason}; kept it as {aside} and started a fresh one", stacklevel=3)
     return {}
 
@@ -185,12 +205,6 @@ class TuningDatabase:
         self._records = merged
         payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tvm": tvm.__version__, "records": merged}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            with os.fdopen(handle, "w") as stream:
-                json.dump(payload, stream, indent=1, sort_keys=True)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.path)
+            atomic_write_text(self.path, json.dumps(payload, indent=1, sort_keys=True))
         except OSError as err:
             raise TuningDatabaseError(f"cannot write tuning database {self.path}: {err.strerror or err}") from None

@@ -35,6 +35,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
+from devices.files import atomic_write_text
 from schedules.database import TuningDatabase as SparseDatabase
 
 from .errors import CompileError
@@ -48,12 +49,6 @@ def default_database_dir() -> Path:
     """``$XDG_CACHE_HOME/mest-tvm/tune-db`` (``~/.cache/mest-tvm/tune-db`` by default)."""
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "mest-tvm" / "tune-db"
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 class TuningDatabase:
@@ -77,7 +72,8 @@ class TuningDatabase:
         problem = self._problem()
         if problem:
             self._set_aside(problem)
-        _write_json_atomic(self.path / "meta.json", {"format": FORMAT, "version": VERSION, "tvm": tvm.__version__})
+        meta = {"format": FORMAT, "version": VERSION, "tvm": tvm.__version__}
+        atomic_write_text(self.path / "meta.json", json.dumps(meta, indent=1))
         self._dense: dict[str, ms.database.JSONDatabase] = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

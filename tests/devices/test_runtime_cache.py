@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from devices.arm64_runtime import RuntimeDownloadError, aarch64_runtime, emulator_server_program
-from devices.cache import CACHE_ENV_VAR, atomic_write_bytes, cache_dir
+from devices.cache import CACHE_ENV_VAR, cache_dir
 from devices.kernel_runner import kernel_runner_program
 from devices.targets import get_target
 
@@ -17,14 +17,6 @@ def test_cache_dir_honours_the_environment(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
     assert cache_dir("a", "b") == tmp_path / "cache" / "a" / "b"
     assert (tmp_path / "cache" / "a" / "b").is_dir()
-
-
-def test_atomic_write_leaves_no_temporary(tmp_path: Path):
-    target = tmp_path / "file.bin"
-    atomic_write_bytes(target, b"first")
-    atomic_write_bytes(target, b"second")
-    assert target.read_bytes() == b"second"
-    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
 
 
 def test_unreachable_package_index_is_a_clear_error(tmp_path: Path,

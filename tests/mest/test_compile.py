@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from cli_checks import assert_one_error_line, snapshot
+
 from devices.errors import ToolchainMissingError
 from devices.targets import get_target
 from mest.checkpoint import save_checkpoint
-from mest.compile import main
+from mest.compile import _parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,3 +142,56 @@ def test_corrupt_tuning_database_is_set_aside_with_a_warning(trained_run, tmp_pa
     aside = sorted(p.name for p in db.iterdir() if ".set-aside-" in p.name)
     assert [name.split(".set-aside-")[0] for name in aside] == ["dense-x86", "meta.json"]
     assert (db / aside[0] / "database_workload.json").read_text() == "{ not json"
+
+
+@pytest.fixture(scope="module")
+def compile_inputs(trained_run, tmp_path_factory) -> Path:
+    """Files a user may hand to mest.compile by mistake: a text file, a damaged and an inconsistent checkpoint."""
+    inputs = tmp_path_factory.mktemp("in")
+    (inputs / "notes.txt").write_text("not a checkpoint\n")
+    data = bytearray((trained_run / "checkpoint.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the weights' bytes
+    (inputs / "damaged.pt").write_bytes(bytes(data))
+    state = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    fqn = next(iter(state["sparse"]["masks"]))
+    state["sparse"]["masks"][fqn] = state["sparse"]["masks"][fqn][:1]
+    save_checkpoint(inputs / "inconsistent.pt", {k: v for k, v in state.items() if k not in ("format", "version")})
+    return inputs
+
+
+#: Bad command lines of mest.compile ({run} = a trained run, {in} = compile_inputs) and their error's words.
+BAD_COMPILE_ARGS = [
+    ("{in}/notes.txt --target x86", "is truncated or not a torch file"),
+    ("{in}/missing.pt --target x86", "checkpoint not found"),
+    ("{in}/damaged.pt --target x86", "fails its checksum"),
+    ("{in}/inconsistent.pt --target x86", "fits no weight of the model"),
+    ("{run}", "the following arguments are required: --target"),
+    ("{run} --target riscv", "unknown target 'riscv'"),
+    ("{run} --target x86 --batch 0", "--batch >= 1"),
+    ("{run} --target x86 --batch two", "invalid int value: 'two'"),
+    ("{run} --target x86 --trials -1", "--trials must be >= 0"),
+    ("{run} --target x86 --out {in}/notes.txt", "--out {in}/notes.txt is a file, not a directory"),
+    ("{run} --target x86 --out {in}/notes.txt/lib", "cannot create --out directory"),
+    ("{run} --target x86 --dump-ir {in}/notes.txt", "--dump-ir {in}/notes.txt is a file, not a directory"),
+    ("{run} --target x86 --tune-db {in}/notes.txt", "cannot create the tuning database"),
+    ("{run} --target x86 --session bogus", "unknown session kind 'bogus'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_COMPILE_ARGS, ids=[a for a, _ in BAD_COMPILE_ARGS])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(args, message, trained_run, compile_inputs, capsys, cache):
+    names = {"run": trained_run, "in": compile_inputs}
+    before = snapshot(trained_run, compile_inputs)
+    try:
+        code = main(args.format(**names).split())
+    except SystemExit as exit:  # argparse's refusals
+        code = exit.code
+    assert code == 2
+    assert_one_error_line(capsys.readouterr().err, message.format(**names))
+    assert snapshot(trained_run, compile_inputs) == before
+
+
+def test_every_flag_states_its_default():
+    for action in _parser()._actions:
+        if action.option_strings and "--help" not in action.option_strings:
+            assert "default" in action.help or "required" in action.help, action.option_strings

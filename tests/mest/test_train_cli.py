@@ -13,33 +13,127 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_checks import assert_one_error_line, snapshot
+
 from mest.checkpoint import load_checkpoint
 from mest.cli import run_main
-from mest.train import main
+from mest.config import TrainConfig
+from mest.train import build_parser, main
+from mest.trainer import Trainer
 
 FAST = ["--model", "tiny", "--no-progress"]
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    code = run_main(main, argv)
+    try:
+        code = run_main(main, argv)
+    except SystemExit as exit:  # argparse's refusals
+        code = exit.code
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--sparsity", "1.0"], "sparsity 1 is outside [0, 1)"),
-        (["--sparsity", "-0.1"], "outside [0, 1)"),
-        (["--preset", "resnet99-mnist"], "unknown preset 'resnet99-mnist'"),
-        (["--scheme", "diagonal"], "unknown scheme 'diagonal'"),
-        (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "data directory does not exist"),
-        (["--dataset", "cifar10"], "cifar10 needs --data-dir"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2(argv, message, capsys, tmp_path):
-    code, err = run_cli(argv + FAST + ["--out", str(tmp_path / "run")], capsys)
+DIGITS_TRAIN = 1437  # training examples of the digits split
+RANKING = {"format": "mest-forgetting-ranking", "num_examples": DIGITS_TRAIN}
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, small_digits) -> Path:
+    """Files a user may hand to mest.train by mistake, and a finished run (one epoch)."""
+    inputs = tmp_path_factory.mktemp("in")
+    files = {
+        "empty-profile.json": {}, "list-profile.json": [0.9], "nan-profile.json": {"layer1.0.conv1.weight": float("nan")},
+        "foreign-profile.json": {"fc.weight": 0.9},
+        "float-ranking.json": {**RANKING, "ranking": [float(i) for i in range(DIGITS_TRAIN)]},
+        "short-ranking.json": {**RANKING, "ranking": list(range(10))},
+        "twice-ranking.json": {**RANKING, "ranking": [0] + list(range(DIGITS_TRAIN - 1))},
+        "beyond-ranking.json": {**RANKING, "ranking": list(range(DIGITS_TRAIN - 1)) + [5000]},
+    }
+    for name, content in files.items():
+        (inputs / name).write_text(json.dumps(content))
+    (inputs / "notes.txt").write_text("not a checkpoint\n")
+    (inputs / "dup-profile.json").write_text('{"layer1.0.conv1.weight": 0.5, "layer1.0.conv1.weight": 0.7}')
+    config = TrainConfig(model="tiny", epochs=1, batch_size=32, remove_epoch=None, backend="torch-mask")
+    Trainer(config, inputs / "finished", dataset=small_digits, progress=False).run()
+    return inputs
+
+
+#: Bad command lines of mest.train ({in} = the bad_inputs folder, {out} = a run directory not yet made)
+#: and the words their one-line error must hold.
+BAD_TRAIN_ARGS = [
+    ("--sparsity 1.0", "sparsity 1 is outside [0, 1)"), ("--sparsity -0.1", "outside [0, 1)"),
+    ("--sparsity nan", "sparsity must be a finite number"), ("--sparsity inf", "sparsity must be a finite number"),
+    ("--lr nan", "lr must be a finite number, got nan"), ("--lr inf", "lr must be a finite number, got inf"),
+    ("--lr=-inf", "lr must be a finite number"), ("--lr -0.1", "lr must be positive"), ("--lr 0", "lr must be positive"),
+    ("--momentum nan", "momentum must be a finite number"), ("--momentum -0.5", "momentum must be in [0, 1)"),
+    ("--momentum 1", "momentum must be in [0, 1)"), ("--weight-decay inf", "weight_decay must be a finite number"),
+    ("--weight-decay=-1e-4", "weight_decay must be >= 0"), ("--grad-weight nan", "grad_weight must be a finite number"),
+    ("--grad-weight -1", "grad_weight must be >= 0"), ("--epochs 0", "epochs must be >= 1"),
+    ("--batch-size 0", "batch_size must be >= 1"), ("--update-freq 0", "update_freq must be >= 1"),
+    ("--remove-count -1", "remove_count must be >= 0"), ("--remove-epoch -1", "remove_epoch must be >= 0"),
+    ("--seed 4294967296", "seed must be in [0, 2**32)"), ("--seed=-1", "seed must be in [0, 2**32)"),
+    ("--batch-size 1438", "batch_size 1438 is larger than the training set (1437 examples)"),
+    ("--data-dir {in}", "data_dir is for cifar10 and cifar100"),
+    ("--ranking-in {in}/short-ranking.json --remove-count 0", "ranking_in has no effect"),
+    ("--decay-epochs 5", "decay_epochs must be two increasing epochs"),
+    ("--decay-epochs 9-3", "decay_epochs must be two increasing epochs"),
+    ("--decay-epochs a-b", "expected epochs joined by '-'"), ("--lr abc", "invalid float value: 'abc'"),
+    ("--epochs 1.5", "invalid int value: '1.5'"), ("--backend cuda", "invalid choice: 'cuda'"),
+    ("--colour red", "unrecognized arguments: --colour red"),
+    ("--preset resnet99-mnist", "unknown preset 'resnet99-mnist'"), ("--scheme diagonal", "unknown scheme 'diagonal'"),
+    ("--schedule sometimes", "unknown mutation schedule 'sometimes'"), ("--model resnet99", "unknown model 'resnet99'"),
+    ("--dataset mnist", "unknown dataset 'mnist'"), ("--dataset cifar10", "cifar10 needs --data-dir"),
+    ("--dataset cifar10 --data-dir /nonexistent/cifar", "data directory does not exist"),
+    ("--remove-epoch 0 --remove-count 1437", "remove_count 1437 would leave no training example of 1437"),
+    ("--remove-epoch 0 --remove-count 100000", "would leave no training example"),
+    ("--sparsity 0.9999 --scheme channel", "leaves layer1.0.conv1.weight (576 weights) with none under the channel"),
+    ("--profile {in}/empty-profile.json", "names no layer: nothing would be sparse"),
+    ("--profile {in}/list-profile.json", "must be a JSON object of FQN -> sparsity"),
+    ("--profile {in}/nan-profile.json", "sparsity nan of layer1.0.conv1.weight"),
+    ("--profile {in}/dup-profile.json", "names 'layer1.0.conv1.weight' twice"),
+    ("--profile {in}/foreign-profile.json", "names 'fc.weight', which is not a parameter of the model"),
+    ("--profile {in}/missing.json", "cannot read sparsity profile"),
+    ("--profile {in}/notes.txt", "cannot read sparsity profile"),
+    ("--ranking-in {in}/float-ranking.json", "lists 0.0, which is not an example index"),
+    ("--ranking-in {in}/short-ranking.json", "ranks 10 examples, the training set has 1437"),
+    ("--ranking-in {in}/twice-ranking.json", "lists 1 examples more than once"),
+    ("--ranking-in {in}/beyond-ranking.json", "lists example 5000, outside 0..1436"),
+    ("--ranking-in {in}/notes.txt", "cannot read forgetting ranking"),
+    ("--ranking-in {in}/empty-profile.json", "is not a forgetting ranking"),
+    ("--out {in}/notes.txt", "--out {in}/notes.txt is a file, not a directory"),
+    ("--out {in}/notes.txt/run", "Not a directory"),
+    ("--out {in}/finished", "already holds a checkpoint; pass --resume"),
+    ("--resume {in}/notes.txt", "is truncated or not a torch file"),
+    ("--resume {in}/nothing-here", "checkpoint not found"),
+    ("--resume {in}/finished", "is finished (1 of 1 epochs): nothing to resume"),
+    ("--resume {in}/finished --lr 0.5", "--resume takes its configuration from the checkpoint; drop --lr"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_TRAIN_ARGS, ids=[a for a, _ in BAD_TRAIN_ARGS])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(args, message, bad_inputs, capsys, tmp_path):
+    argv = args.format(**{"in": bad_inputs}).split()
+    if "--resume" not in argv:  # the flags under test come last, so that they win
+        argv = FAST + ["--backend", "torch-mask"] + ([] if "--out" in args else ["--out", str(tmp_path / "run")]) + argv
+    before = snapshot(tmp_path, bad_inputs)
+    code, err = run_cli(argv, capsys)
     assert code == 2
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert_one_error_line(err, message.format(**{"in": bad_inputs}))
+    assert snapshot(tmp_path, bad_inputs) == before  # no run directory made, no input file changed
+
+
+def test_unwritable_out_is_refused_before_the_data_is_loaded(capsys, monkeypatch):
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs here to stand for a directory nobody may write")
+    monkeypatch.setattr("mest.trainer.load_dataset", lambda *args: pytest.fail("the data was loaded"))
+    code, err = run_cli(FAST + ["--out", "/sys/mest-tvm-run"], capsys)
+    assert code == 2
+    assert_one_error_line(err, "cannot create --out directory /sys/mest-tvm-run")
+
+
+def test_every_flag_states_its_default():
+    for action in build_parser()._actions:
+        if not {"--help", "--list-presets"} & set(action.option_strings):
+            assert "default" in action.help, action.option_strings
 
 
 def test_a_layer_the_scheme_cannot_take_is_refused(capsys, tmp_path):

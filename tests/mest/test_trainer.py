@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
 from mest.checkpoint import load_checkpoint
+from mest.data import load_dataset
+from mest.rundir import LOCK_NAME
 from mest.trainer import METRICS_NAME, PLOT_NAME, RANKING_NAME, Trainer
 
 
@@ -76,3 +82,47 @@ def test_a_run_writes_metrics_plot_and_checkpoint(small_digits, tiny_config, tmp
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
     assert (tmp_path / PLOT_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_checkpoint(tmp_path).epoch == 2
+
+
+def test_kill_9_between_metrics_and_checkpoint_then_resume_agrees(tmp_path):
+    # A real process is killed with SIGKILL in the middle of writing epoch 1's checkpoint: after
+    # epoch 1's metrics line, with a half-written checkpoint temporary beside the epoch-0 checkpoint.
+    run = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import mest.trainer
+        from devices.files import atomic_write
+        from mest.cli import run_main
+        from mest.train import main
+
+        saves = []
+        keep = mest.trainer.save_checkpoint
+
+        def save_checkpoint(path, state):
+            saves.append(path)
+            if len(saves) == 2:
+                def half_then_killed(handle):
+                    handle.write(b"PK half a checkpoint")
+                    handle.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                atomic_write(path, half_then_killed)
+            keep(path, state)
+
+        mest.trainer.save_checkpoint = save_checkpoint
+        sys.exit(run_main(main, ["--model", "tiny", "--backend", "torch-mask", "--epochs", "3", "--no-progress",
+                                 "--remove-epoch", "9", "--out", {str(run)!r}]))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    assert load_checkpoint(run).epoch == 1
+    assert [json.loads(line)["epoch"] for line in (run / METRICS_NAME).read_text().splitlines()] == [0, 1]
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")], "the kill left no temporary"
+
+    # the run trained on the whole digits set: resume on it (a checkpoint does not resume on other data);
+    # the killed run's run.lock stays, stale (the OS released the lock; the next holder replaces it)
+    trainer = Trainer.resume(load_checkpoint(run), dataset=load_dataset("digits"), progress=False)
+    trainer.tidy_run_dir()
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", METRICS_NAME, LOCK_NAME]
+    lines = (run / METRICS_NAME).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == load_checkpoint(run).state["history"]
+    assert [json.loads(line)["epoch"] for line in lines] == [0]
