@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mest.compile", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="checkpoint file of mest.train, or its run directory")
     parser.add_argument("--target", required=True, help="x86, arm (= arm64), arm64 or armv7")
-    parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: under ~/.cache/mest-tvm)")
+    parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: $MEST_TVM_CACHE/tune-db, i.e. ~/.cache/mest-tvm/tune-db)")
     parser.add_argument("--trials", type=int, default=0, help="tune what the database lacks first: N knob-search trials per sparse kernel, "
                         "N MetaSchedule trials over the dense operators (default 0: use the database as is; "
                         "give MetaSchedule hundreds, a few dozen do worse than the default conv schedule)")
@@ -99,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
     from devices.sessions import open_session
     from devices.targets import EMULATION_RPC, export_library, get_target, tvm_target
     from mest.checkpoint import load_checkpoint, model_from_checkpoint
+    from schedules.database import TuningDatabase
     from tvm_passes.config import CompileConfig
     from tvm_passes.errors import CompileError
     from tvm_passes.kernels import SchedulesKernels, SparseTuning
     from tvm_passes.pipeline import compile_model, load_on, time_model
     from tvm_passes.report import check_kernels, time_layers
-    from tvm_passes.tuning import TuningDatabase, default_database_dir
 
     start = time.perf_counter()
     spec = get_target(args.target)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     image = checkpoint.model_spec.image_size
     shape = (args.batch, checkpoint.model_spec.in_channels, image, image)
     progress = lambda text: print(text, file=sys.stderr)  # noqa: E731
-    database = TuningDatabase(args.tune_db or default_database_dir(), warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+    database = TuningDatabase(args.tune_db, warn=lambda text: print(f"warning: {text}", file=sys.stderr))
     config = CompileConfig(target=spec.name, batch=args.batch, tune_trials=args.trials)
     out = Path(args.out) if args.out else checkpoint.path.parent / f"compiled-{spec.name}"
 
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         session = stack.enter_context(open_session(session_kind, spec)) if session_kind else None
         tuning = SparseTuning(session, args.trials, progress) if args.trials else None
-        kernels = SchedulesKernels(spec.name, database.sparse, tuning)
+        kernels = SchedulesKernels(spec.name, database, tuning)
         compiled = compile_model(
             model, checkpoint.masks, checkpoint.schemes, shape, config, kernels, database=database,
             tuning_runner=_dense_runner(session_kind) if args.trials else None,
@@ -195,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from devices.errors import DeviceError
     from mest.errors import MestError
+    from schedules.errors import TuningDatabaseError
     from tvm_passes.errors import CompileError
 
     try:
         return run(args)
-    except (MestError, CompileError, DeviceError, ValueError) as err:
+    except (MestError, CompileError, DeviceError, TuningDatabaseError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -111,7 +111,8 @@ class KernelCache:
     Parameters
     ----------
     database : TuningDatabase, optional
-        Where tuned knobs are looked up; default: the database at the default path.
+        Where tuned knobs are looked up; default: the tuning database in its default directory
+        (the one ``python -m schedules.tune`` and ``python -m mest.compile`` use).
     target : str
         Target name of the kernels built here (the host by default).
     """
@@ -125,6 +126,10 @@ class KernelCache:
 
     def __len__(self) -> int:
         return len(self._kernels)
+
+    def keys(self) -> list[KernelKey]:
+        """The keys of the kernels this cache has handed out."""
+        return list(self._kernels)
 
     def knobs_for(self, fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int) -> Knobs:
         """Tuned knobs of the database for this kernel, else the defaults."""

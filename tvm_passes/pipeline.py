@@ -32,6 +32,7 @@ import tvm
 from tvm import relax
 
 from devices.targets import get_target, tvm_target
+from schedules.database import TuningDatabase
 
 from .annotate import AnnotateSparsity, LayerMask
 from .channel_compaction import ChannelCompaction
@@ -44,7 +45,7 @@ from .lower_sparse_conv import KernelSource, LowerSparseConv
 from .report import LayerReport, layer_reports
 from .schedule_dense_conv import ScheduleDenseConv
 from .sparse_conv import annotated_layers
-from .tuning import TuningDatabase
+from .tuning import tune_and_apply
 
 
 @dataclass
@@ -156,8 +157,8 @@ def compile_model(
         Options; adjusted to the target with :meth:`CompileConfig.update`.
     kernels : KernelSource
         Source of the sparse kernels (:class:`tvm_passes.kernels.SchedulesKernels`).
-    database : TuningDatabase, optional
-        Tuning database of the dense operators (none: untuned dense operators).
+    database : schedules.database.TuningDatabase, optional
+        Tuning database whose dense records are applied (none: untuned dense operators).
     tuning_runner : meta_schedule Runner or "local", optional
         Where MetaSchedule measures the dense candidates when ``config.tune_trials`` > 0 (none: no
         dense tuning, the database is only applied).
@@ -222,7 +223,7 @@ def compile_model(
         applied = mod
         if database is not None:
             trials = config.tune_trials if tuning_runner is not None else 0
-            applied = database.tune_and_apply(mod, target, config.target, trials, progress, tuning_runner or "local")
+            applied = tune_and_apply(database, mod, target, config.target, trials, progress, tuning_runner or "local")
         return ScheduleDenseConv()(applied)
 
     mod = phases.run("tuning database", tuned)

@@ -19,4 +19,4 @@ def kernel_cache(tmp_path_factory):
     from schedules.cache import KernelCache
     from schedules.database import TuningDatabase
 
-    return KernelCache(TuningDatabase(tmp_path_factory.mktemp("db") / "tuning.json"))
+    return KernelCache(TuningDatabase(tmp_path_factory.mktemp("db")))

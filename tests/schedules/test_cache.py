@@ -33,7 +33,7 @@ def test_database_knobs_are_used(tmp_path, make_mask):
     generator = torch.Generator().manual_seed(13)
     weight = torch.randn(8, 4, 3, 3, generator=generator)
     fmt = pack("irregular", weight, make_mask("irregular", weight.shape, 0.2, generator))
-    database = TuningDatabase(tmp_path / "db.json")
+    database = TuningDatabase(tmp_path / "db")
     tuned = Knobs(rows=2, width=4, tile_outer=False)
     database.commit(workload(fmt, "forward", (1, 4, 8, 8), 1, "x86"), Record(tuned, 1e-4, trials=1))
     cache = KernelCache(database)

@@ -1,50 +1,109 @@
-"""The JSON tuning database: round trip, merge between writers, corrupt and foreign files set aside."""
+"""The tuning database directory: round trip, merge between writers, and what it sets aside (kept byte for byte)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import tvm
 
-from schedules.database import FORMAT_NAME, Record, TuningDatabase, Workload, density_bucket
+from devices.cache import CACHE_ENV_VAR
+from schedules.database import (FORMAT_NAME, FORMAT_VERSION, Record, TuningDatabase, Workload, default_directory,
+                                density_bucket)
+from schedules.errors import TuningDatabaseWarning
 from schedules.kernels.knobs import Knobs
 
 WORKLOAD = Workload("irregular", "forward", (8, 4, 3, 3), (2, 4, 8, 8), 1, 0.1, "x86")
+GOOD = Record(Knobs(rows=2, width=8), 1e-3, 2e-3, 5e-3, 4)
+
+
+def _opened(path) -> tuple[TuningDatabase, list[str]]:
+    messages: list[str] = []
+    return TuningDatabase(path, warn=messages.append), messages
+
+
+def _aside(path, kind: str) -> dict:
+    return {p.name.split(f".{kind}-")[0]: p for p in path.iterdir() if f".{kind}-" in p.name}
+
+
+def test_the_default_directory_is_under_the_one_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
+    assert default_directory() == tmp_path / "cache" / "tune-db"
+    assert TuningDatabase().path == tmp_path / "cache" / "tune-db"
 
 
 def test_round_trip_and_merge(tmp_path):
-    path = tmp_path / "db.json"
+    path = tmp_path / "db"
     first, second = TuningDatabase(path), TuningDatabase(path)
-    first.commit(WORKLOAD, Record(Knobs(rows=2, width=8), 1e-3, 2e-3, 5e-3, 4))
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta == {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tvm": tvm.__version__}
+    first.commit(WORKLOAD, GOOD)
     other = Workload("block", "grad_weight", (8, 4, 3, 3), (2, 4, 8, 8), 2, 0.05, "x86")
     second.commit(other, Record(Knobs(lanes=8, chunks=2), 2e-3, trials=3))
-    reloaded = TuningDatabase(path)
-    assert len(reloaded) == 2
-    assert reloaded.lookup(WORKLOAD).knobs == Knobs(rows=2, width=8)
+    reloaded, messages = _opened(path)
+    assert messages == [] and len(reloaded) == 2
+    assert reloaded.lookup(WORKLOAD) == GOOD
     assert reloaded.lookup(other).trials == 3
     reloaded.commit(WORKLOAD, Record(Knobs(rows=4, width=8), 5e-3, trials=2))
     assert TuningDatabase(path).lookup(WORKLOAD).seconds == 1e-3  # a slower record does not replace a faster one
-    assert not list(tmp_path.glob(".*tmp"))
+    assert sorted(p.name for p in path.iterdir()) == ["meta.json", "sparse.json"]
 
 
 @pytest.mark.parametrize(
-    "content, kind",
+    "content, good_left",
     [
-        ("{not json", "corrupt"),
-        (json.dumps({"format": "someone else's", "records": {}}), "foreign"),
-        (json.dumps({"format": FORMAT_NAME, "version": 1, "tvm": "0.19.0", "records": {}}), "foreign"),
+        ("{not json", 0),
+        (json.dumps({"format": "someone else's", "entries": []}), 0),
+        (json.dumps({"records": {WORKLOAD.key(): GOOD.to_json(), "x": {"knobs": {"rows": "two"}, "seconds": 1}}}), 1),
+        (json.dumps({"records": {"y": {"knobs": {}, "seconds": float("nan")}, "z": {"knobs": [], "seconds": 1.0}}}), 0),
     ],
 )
-def test_bad_file_is_kept_aside_with_a_warning(tmp_path, content, kind):
-    path = tmp_path / "db.json"
-    path.write_text(content)
-    with pytest.warns(UserWarning, match="started a fresh one"):
+def test_bad_sparse_records_are_kept_aside_and_their_good_records_kept(tmp_path, content, good_left):
+    path = tmp_path / "db"
+    TuningDatabase(path)
+    (path / "sparse.json").write_text(content)
+    with pytest.warns(TuningDatabaseWarning, match="a fresh file starts"):
         database = TuningDatabase(path)
+    assert len(database) == good_left
+    aside = _aside(path, "corrupt")
+    assert set(aside) == {"sparse.json"} and aside["sparse.json"].read_text() == content
+    database.commit(Workload("pattern", "forward", (8, 4, 3, 3), (2, 4, 8, 8), 1, 0.1, "x86"), Record(Knobs(), 1e-3))
+    assert len(TuningDatabase(path)) == good_left + 1
+
+
+def test_a_directory_of_another_tvm_is_set_aside_whole(tmp_path):
+    path = tmp_path / "db"
+    path.mkdir()
+    old_meta = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, "tvm": "0.18.0"})
+    (path / "meta.json").write_text(old_meta)
+    (path / "sparse.json").write_text(json.dumps({"records": {WORKLOAD.key(): GOOD.to_json()}}))
+    (path / "dense-x86").mkdir()
+    (path / "dense-x86" / "database_tuning_record.json").write_text("[1, 2]\n")
+    database, messages = _opened(path)
+    assert len(messages) == 1 and "TVM 0.18.0" in messages[0] and "fresh database" in messages[0]
     assert len(database) == 0
-    aside = list(tmp_path.glob(f"db.json.{kind}-*"))
-    assert len(aside) == 1 and aside[0].read_text() == content
-    database.commit(WORKLOAD, Record(Knobs(), 1e-3))
-    assert TuningDatabase(path).lookup(WORKLOAD) is not None
+    aside = _aside(path, "foreign")
+    assert set(aside) == {"meta.json", "sparse.json", "dense-x86"}
+    assert aside["meta.json"].read_text() == old_meta
+    assert (aside["dense-x86"] / "database_tuning_record.json").read_text() == "[1, 2]\n"
+    assert json.loads((path / "meta.json").read_text())["tvm"] == tvm.__version__
+
+
+@pytest.mark.parametrize("workloads", ["[1, 2]\n", '["not base64!", "x"]\n', "{ not json\n"])
+def test_dense_records_metaschedule_rejects_are_set_aside_byte_for_byte(tmp_path, workloads):
+    path = tmp_path / "db"
+    TuningDatabase(path).dense("x86")
+    written = path / "dense-x86" / "database_workload.json"
+    written.write_text(workloads)
+    database, messages = _opened(path)
+    assert messages == []  # read on first use, as MetaSchedule reads it
+    records = database.dense("x86")
+    assert len(messages) == 1 and "MetaSchedule cannot read it" in messages[0] and "\n" not in messages[0]
+    assert len(records.get_all_tuning_records()) == 0
+    aside = _aside(path, "rejected")
+    assert set(aside) == {"dense-x86"}
+    assert (aside["dense-x86"] / "database_workload.json").read_text() == workloads
+    assert (path / "dense-x86").is_dir()
 
 
 def test_density_buckets():
