@@ -166,12 +166,12 @@ class Trainer:
         return metrics
 
     def _kernel_build_seconds(self) -> float:
-        """Seconds spent building TVM kernels so far in this process (0 for torch-mask)."""
+        """Seconds spent building (or loading from disk) TVM kernels so far in this process (0 for torch-mask)."""
         if self.config.backend != "tvm":
             return 0.0
         from schedules.cache import default_cache
 
-        return default_cache().build_seconds
+        return default_cache().seconds
 
     def train_one_epoch(self) -> tuple[float, float]:
         """One pass over the kept examples; returns mean loss and accuracy."""

@@ -114,3 +114,24 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, back
     for fqn, mask in straight.masks.items():
         assert torch.equal(mask, resumed.masks[fqn]), fqn
     assert torch.equal(straight.state["kept_examples"], resumed.state["kept_examples"])
+
+
+def test_a_second_run_loads_every_kernel_from_disk_and_builds_none(tmp_path):
+    env = {**os.environ, "MEST_TVM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    script = """
+import json, sys
+from mest.train import main
+from schedules.cache import default_cache
+assert main(["--model", "tiny", "--backend", "tvm", "--epochs", "2", "--update-freq", "1", "--no-progress",
+             "--out", sys.argv[1]]) == 0
+cache = default_cache()
+print(json.dumps({"builds": cache.builds, "loads": cache.loads}))
+"""
+    counts = []
+    for run in ("first", "second"):
+        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / run)], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        counts.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert counts[0]["builds"] > 0 and counts[0]["loads"] == 0
+    assert counts[1] == {"builds": 0, "loads": counts[0]["builds"]}
