@@ -6,7 +6,8 @@ target of the ``devices`` table, and writes to ``--out`` (default ``<run dir>/co
 - ``model.so``: the Relax VM library (cross-linked for ARM), weights and sparse formats embedded;
 - ``params.npz``: the arrays the library embeds for the sparse layers (``<fqn>/<buffer>``);
 - ``report.json``: per layer the scheme, density, kernel, bytes dense vs stored and time where the
-  target can be timed here; the phases' and total compile time; the check against PyTorch.
+  target can be timed here; the phases' and total compile time, every pass's time (``pass_profile``);
+  the check against PyTorch.
 
 With a session (``local`` by default on x86, the qemu emulator by default for ARM when installed) the
 library is loaded there and its logits are compared with PyTorch eval on a random batch. armv7 has no
@@ -139,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "trials": args.trials,
         "compile_seconds": None,
         "phase_seconds": None,
+        "pass_profile": None,
         "layers": [],
         "session": session_kind,
         "model_time": None,
@@ -160,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / "params.npz", buffer.getvalue())
         report["compile_seconds"] = round(time.perf_counter() - start, 3)
         report["phase_seconds"] = {name: round(value, 3) for name, value in compiled.phase_seconds.items()}
+        report["pass_profile"] = compiled.pass_profile.splitlines()
         if session is None:
             report["check"] = (
                 f"not run: no session for {spec.name} (install {' '.join(spec.debian_packages)} for the emulator, "

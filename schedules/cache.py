@@ -32,7 +32,7 @@ import tvm
 from devices.cache import cache_root
 from devices.files import remove_stale_temporaries, set_aside
 from schedules.database import TuningDatabase, Workload, density_bucket
-from schedules.formats import SparseFormat
+from schedules.sparse_format import SparseFormat
 from schedules.kernels import Knobs, primfunc
 
 

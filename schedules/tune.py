@@ -35,12 +35,12 @@ import torch
 from schedules.cache import compile_kernel, workload
 from schedules.database import Record, TuningDatabase, Workload
 from schedules.errors import TuningDatabaseError
-from schedules.formats import DIRECTIONS, SCHEMES, SparseFormat, pack
+from schedules.formats import DIRECTIONS, SparseFormat, pack
 from schedules.kernels import output_shape
-from schedules.kernels.entries import entries
 from schedules.kernels.gather_conv import gather_extent
 from schedules.kernels.knobs import Knobs, gather_space, grad_weight_space
 from schedules.masks import random_mask
+from schedules.schemes import SCHEME_SPECS
 from schedules.measure import interleaved, torch_conv_backward
 from schedules.threads import num_threads
 from schedules.workloads import MODELS, ConvLayer, select_layers
@@ -49,7 +49,7 @@ from schedules.workloads import MODELS, ConvLayer, select_layers
 
 def knob_space(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int) -> list[Knobs]:
     """The candidates of a kernel's template, the default (resolved) first."""
-    walk = entries(fmt, direction)
+    walk = fmt.entries(direction)
     y_shape = output_shape(fmt, x_shape, stride)
     if direction == "grad_weight":
         space = grad_weight_space(y_shape[2], y_shape[3], x_shape[0], walk.group * walk.taps, num_threads())
@@ -61,7 +61,7 @@ def knob_space(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stri
 
 def features(knobs: Knobs, fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int) -> list[float]:
     """Feature vector of one candidate: its knobs and its workload's shape."""
-    walk = entries(fmt, direction)
+    walk = fmt.entries(direction)
     density = fmt.capacity / float(np.prod(fmt.weight_shape))
     return [
         knobs.rows, knobs.width, float(knobs.tile_outer), knobs.lanes, knobs.chunks,
@@ -275,7 +275,7 @@ def knob_default(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], st
     """The resolved default knobs of a kernel (what an untuned build uses)."""
     from schedules.kernels.knobs import resolve_gather, resolve_grad_weight  # noqa: PLC0415
 
-    walk = entries(fmt, direction)
+    walk = fmt.entries(direction)
     y_shape = output_shape(fmt, x_shape, stride)
     if direction == "grad_weight":
         return resolve_grad_weight(Knobs(), y_shape[2], y_shape[3], x_shape[0], walk.group * walk.taps, num_threads())
@@ -307,8 +307,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="resnet32", help=f"model whose sparse layers are tuned ({', '.join(MODELS)})")
     parser.add_argument("--image-size", type=int, default=32, help="input height and width (8 for the digits data)")
-    parser.add_argument("--scheme", required=True, choices=[s for s in SCHEMES if s != "channel"],
-                        help="sparsity scheme (channel runs PyTorch's dense conv: nothing to tune)")
+    parser.add_argument("--scheme", required=True, choices=[name for name, spec in SCHEME_SPECS.items() if not spec.dense_kernel],
+                        help="sparsity scheme (channel runs a smaller dense conv: nothing to tune)")
     parser.add_argument("--density", type=float, default=0.1, help="fraction of weights kept, in (0, 1]")
     parser.add_argument("--target", default="x86", help="target name of the devices table")
     parser.add_argument("--session", default="local", help="devices session: local, rpc, emulator, tracker:HOST:PORT:KEY")

@@ -1,4 +1,7 @@
-"""The dense half of compilation's tuning: MetaSchedule tunes and applies the dense operators' records.
+"""ApplyTuningDatabase: MetaSchedule tunes (if asked) and applies the dense operators' tuning records.
+
+Where it runs: phase 6 of the pipeline, after ``LegalizeOps``/``FuseOps``/``FuseTIR`` and before
+``ScheduleDenseConv`` (which schedules what the database has no record for).
 
 The tuning database itself (one directory, its layout, what is set aside) is
 :class:`schedules.database.TuningDatabase`; this module adds what needs Relax: extract the dense tasks of
@@ -124,3 +127,21 @@ def tune_and_apply(
     except METASCHEDULE_ERRORS as exc:
         records = database.reject_dense(target_name, f"MetaSchedule cannot apply its records ({last_line(exc)})")
         return _apply(mod, target, records)
+
+
+@tvm.transform.module_pass(opt_level=0, name="mest.ApplyTuningDatabase")
+class ApplyTuningDatabase:
+    """The pass of :func:`tune_and_apply` (see the module docstring); arguments as there."""
+
+    def __init__(self, database: TuningDatabase, target: tvm.target.Target, target_name: str, trials: int,
+                 progress: Callable[[str], None] | None = None, runner: ms.runner.Runner | str = "local"):
+        self.database = database
+        self.target = target
+        self.target_name = target_name
+        self.trials = trials
+        self.progress = progress
+        self.runner = runner
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        """Apply the pass (see the module docstring)."""
+        return tune_and_apply(self.database, mod, self.target, self.target_name, self.trials, self.progress, self.runner)

@@ -125,3 +125,18 @@ def test_sparse_kernels_tuned_once_are_reused_from_the_database(tiny_models, tmp
     second = compile_model(model, state.masks, state.schemes, INPUT, CompileConfig("x86"),
                            SchedulesKernels("x86", reopened), database=reopened)
     assert [layer.reason for layer in second.layers] == [layer.reason for layer in first.layers]
+
+
+def test_phases_are_timed_dumped_and_profiled_by_the_instruments(tiny_models, tmp_path):
+    from tvm_passes.pipeline import PHASES
+
+    model, state = tiny_models["irregular"]
+    said: list[str] = []
+    compiled = _compile(model, state, dump_dir=tmp_path / "ir", progress=said.append)
+    assert list(compiled.phase_seconds) == list(PHASES)
+    assert said == [f"phase {n}: {name}" for n, name in enumerate(PHASES, start=1)]
+    dumped = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert dumped == [f"{n:02d}_{name.replace(' ', '_')}.py" for n, name in enumerate(PHASES[:-1], start=1)]
+    assert "sparse_irregular_" in (tmp_path / "ir" / "04_lower.py").read_text()
+    for name in ("mest.KeepDense", "mest.LowerSparseConv", "FuseOps", "mest.ScheduleDenseConv"):
+        assert name in compiled.pass_profile, compiled.pass_profile
