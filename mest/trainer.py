@@ -58,6 +58,10 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
+        if config.backend == "tvm" and config.profile:  # a layer the backend cannot hold fails before the data loads
+            from mest.compact import check_compact_layers
+
+            check_compact_layers(config.model, config.profile, config.scheme)
         self.data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
         self.spec = ModelSpec(config.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.schedule = config.mutation_schedule()
@@ -66,6 +70,13 @@ class Trainer:
         profile = (load_profile(Path(config.profile), self.model) if config.profile
                    else default_profile(self.model, config.sparsity))
         self.sparse = SparseState.prune_init(self.model, profile, config.scheme)
+        if checkpoint is not None:
+            self._restore_model(checkpoint)
+        if config.backend == "tvm":  # before the optimizer: compact values take the dense weights' slots
+            from mest.compact import to_compact
+
+            to_compact(self.model, self.sparse, capacity=self.sparse.peak_counts(self.schedule),
+                       batch_size=config.batch_size)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
@@ -77,11 +88,6 @@ class Trainer:
                            if config.ranking_in else None)
         if checkpoint is not None:
             self._restore(checkpoint)
-        if config.backend == "tvm":
-            from mest.compact import to_compact
-
-            to_compact(self.model, self.sparse, self.optimizer, capacity=self.sparse.peak_counts(self.schedule),
-                       batch_size=config.batch_size)
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True) -> "Trainer":
@@ -89,14 +95,24 @@ class Trainer:
         return cls(checkpoint.config, checkpoint.path.parent, dataset=dataset, progress=progress,
                    checkpoint=checkpoint)
 
-    def _restore(self, checkpoint: Checkpoint) -> None:
+    def _restore_model(self, checkpoint: Checkpoint) -> None:
         if self.spec != checkpoint.model_spec:
             raise CheckpointError(f"checkpoint {checkpoint.path} was trained on other data ({checkpoint.model_spec})")
+        try:
+            self.model.load_state_dict(checkpoint.state["model"])
+            self.sparse = SparseState.from_state_dict(self.model, checkpoint.state["sparse"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: {str(err).splitlines()[0]}") from None
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state
         try:
-            self.model.load_state_dict(state["model"])
-            self.sparse = SparseState.from_state_dict(self.model, state["sparse"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            optimizer_state = state["optimizer"]
+            if self.config.backend == "tvm":
+                from mest.compact import compact_optimizer_state
+
+                optimizer_state = compact_optimizer_state(optimizer_state, self.sparse, self.optimizer)
+            self.optimizer.load_state_dict(optimizer_state)
             self.scheduler.load_state_dict(state["scheduler"])
             self.forgetting = ForgettingStats.from_state_dict(state["forgetting"])
             self.kept_examples = state["kept_examples"].long()

@@ -135,3 +135,16 @@ print(json.dumps({"builds": cache.builds, "loads": cache.loads}))
         counts.append(json.loads(result.stdout.strip().splitlines()[-1]))
     assert counts[0]["builds"] > 0 and counts[0]["loads"] == 0
     assert counts[1] == {"builds": 0, "loads": counts[0]["builds"]}
+
+
+@pytest.mark.parametrize("fqn, what", [("layer2.0.shortcut.0.weight", "a 1x1 conv"), ("linear.weight", "the weight of a Linear")])
+def test_a_layer_the_tvm_backend_cannot_hold_is_refused_before_the_data_loads(capsys, tmp_path, fqn, what):
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({fqn: 0.9}))
+    empty = tmp_path / "no-cifar-here"  # loading it would fail: the refusal must come first
+    empty.mkdir()
+    code, err = run_cli(FAST + ["--backend", "tvm", "--scheme", "irregular", "--profile", str(profile),
+                                "--dataset", "cifar10", "--data-dir", str(empty), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: the tvm backend cannot train {fqn} ({what})") and "--backend torch-mask" in err
+    assert not (tmp_path / "run").exists()
