@@ -3,8 +3,8 @@
 Examples
 --------
 ``python -m mest.train`` (the default preset on the bundled digits data),
-``python -m mest.train --preset resnet32-cifar10-em-s-90 --data-dir ~/cifar-10-batches-py --scheme pattern``,
-``python -m mest.train --resume runs/resnet20-digits-em-s-90``.
+``python -m mest.train --preset resnet32-cifar10-ems-90 --data-dir ~/cifar-10-batches-py --scheme pattern``,
+``python -m mest.train --resume runs/resnet20-digits-ems-90``.
 """
 
 from __future__ import annotations

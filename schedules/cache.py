@@ -176,7 +176,7 @@ class KernelCache:
         Where tuned knobs are looked up; default: the tuning database in its default directory
         (the one ``python -m schedules.tune`` and ``python -m mest.compile`` use).
     target : str
-        Target name of the kernels built here (the host by default).
+        Target name of the kernels built here (this machine's by default); keys use its canonical name.
     directory : str or os.PathLike, optional
         Where exported libraries are kept; default ``<cache root>/kernels``. Used for host targets only.
 
@@ -188,14 +188,15 @@ class KernelCache:
         Kernels loaded from disk instead, and the seconds it took.
     """
 
-    def __init__(self, database: TuningDatabase | None = None, target: str = "x86",
+    def __init__(self, database: TuningDatabase | None = None, target: str = "host",
                  directory: str | Path | None = None) -> None:
         from devices.targets import get_target  # noqa: PLC0415
 
+        spec = get_target(target)
         self.database = database if database is not None else TuningDatabase()
-        self.target = target
+        self.target = spec.name
         self.directory = Path(directory) if directory is not None else cache_root() / KERNEL_DIRECTORY
-        self._on_disk = get_target(target).is_host
+        self._on_disk = spec.is_host
         self._kernels: dict[KernelKey, Kernel] = {}
         self.build_seconds = 0.0
         self.builds = 0

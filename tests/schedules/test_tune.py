@@ -68,3 +68,9 @@ def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path, capsys, arg
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not db.exists()
+
+
+def test_every_flag_says_its_default(flags_without_default):
+    from schedules.tune import build_parser
+
+    assert flags_without_default(build_parser()) == []
