@@ -118,8 +118,9 @@ def compile_kernel(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], 
 
 
 KERNEL_DIRECTORY = "kernels"
-#: The files whose code shapes a kernel: a change to any of them changes every digest.
-_SOURCES = ("formats.py", "kernels/*.py")
+#: The files whose code shapes a kernel (templates, formats and their walks): a change to any of them
+#: changes every digest.
+_SOURCES = ("sparse_format.py", "formats.py", "schemes/*.py", "kernels/*.py")
 
 
 @functools.cache
@@ -127,7 +128,7 @@ def _source_digest() -> str:
     root = Path(__file__).parent
     digest = hashlib.sha256()
     for path in sorted(p for pattern in _SOURCES for p in root.glob(pattern)):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
