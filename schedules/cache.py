@@ -32,8 +32,8 @@ import tvm
 from devices.cache import cache_root
 from devices.files import remove_stale_temporaries, set_aside
 from schedules.database import TuningDatabase, Workload, density_bucket
-from schedules.sparse_format import SparseFormat
 from schedules.kernels import Knobs, primfunc
+from schedules.sparse_format import SparseFormat
 
 
 @dataclass(frozen=True)
