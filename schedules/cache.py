@@ -17,9 +17,12 @@ rebuilt. Only host kernels go to disk: other targets' kernels cannot be loaded h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import os
+import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -156,6 +159,12 @@ def _load(path: Path, key: KernelKey) -> Kernel | None:
     return Kernel(key, function, module, time.perf_counter() - start, loaded=True)
 
 
+def _lowest_priority() -> None:
+    """Give the calling thread (and the processes it starts) the lowest CPU priority (Linux: per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def _store(executable: Any, path: Path, target: str) -> None:
     from devices.errors import DeviceError  # noqa: PLC0415
     from devices.targets import export_library  # noqa: PLC0415
@@ -208,9 +217,11 @@ class KernelCache:
 
     def _export(self, executable: Any, path: Path, target: str) -> None:
         # Linking the library (g++) takes about as long as the build: it runs beside the training, in
-        # one worker thread (the interpreter waits for it at exit; a kill leaves only a temporary).
+        # one worker thread at the lowest priority, which its g++ inherits (the interpreter waits for
+        # it at exit; a kill leaves only a temporary).
         if self._exporter is None:
-            self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mest-kernel-export")
+            self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mest-kernel-export",
+                                                initializer=_lowest_priority)
         self._exports.append(self._exporter.submit(_store, executable, path, target))
 
     def flush(self) -> None:
