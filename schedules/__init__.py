@@ -5,7 +5,7 @@ Public API (other rooms use these names):
 - :func:`schedules.formats.pack` ``(scheme, weight, mask, capacity=None) -> SparseFormat`` with
   ``to_dense()``, ``to_mask()``, ``nbytes``, ``scheme``, ``weight_shape``, ``nnz``, ``capacity``,
   ``values``, ``buffers(direction)``, ``valid_slots()``, ``dense_index()``, ``gather(weight)``,
-  ``with_values(values)`` and ``repack(weight)`` (new values, same mask, no index copy);
+  ``with_values(values)`` and ``with_weight(weight)`` (new values, same mask, no index copy);
   :func:`schedules.formats.transfer` ``(slots, source, target)`` moves momentum (or any per-slot
   tensor) across a mutation by position.
 - :func:`schedules.kernels.forward_primfunc` ``(fmt, x_shape, stride, knobs=None)`` -> PrimFunc
@@ -17,10 +17,14 @@ Public API (other rooms use these names):
   built :class:`schedules.cache.Kernel`, tuning database first; :func:`schedules.cache.default_cache`.
 - :class:`schedules.layer.SparseConv2d` ``(weight, mask, scheme, stride=1, capacity=None,
   cache=None)``: parameter ``values``; ``repack(weight, mask, capacity=None)`` at a mutation.
-- :class:`schedules.database.TuningDatabase` ``(path=None)`` (JSON file), ``Workload``, ``Record``.
+- :class:`schedules.database.TuningDatabase` ``(path=None)``: the one tuning database (a directory:
+  our sparse records and MetaSchedule's dense ones), ``Workload``, ``Record``.
 - :func:`schedules.tune.tune_kernel` and ``python -m schedules.tune --model resnet32 --scheme S
-  --density D --target x86 --trials N --db PATH [--session local|rpc|tracker:H:P:K] [--retune]``;
+  --density D --target x86 --trials N --tune-db DIR [--session local|rpc|tracker:H:P:K] [--retune]``;
   ``python -m schedules.bench [--model] [--schemes] [--densities] [--db] [--out]``.
+- :mod:`schedules.schemes`: the registry of sparsity schemes (``SCHEMES``, ``get_spec(name)``), one
+  :class:`~schedules.schemes.base.SchemeSpec` per file (unit, valid weights, format and its kernel
+  walk, kernel constraints, random masks); ``mest.schemes`` extends them with prune and grow.
 - :func:`schedules.masks.random_mask` (scheme-valid random masks), :mod:`schedules.workloads`
   (the ResNet layer shapes).
 - Errors: :class:`schedules.errors.SparseFormatError` (a ``ValueError``),

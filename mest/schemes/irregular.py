@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from mest.errors import SchemeError
-from mest.schemes.base import Scheme, grow_random_units, keep_top_units
+from mest.schemes.base import Scheme, grow_random_units, keep_top_units, units_at
+from schedules.schemes.irregular import IRREGULAR
 
 
 class IrregularScheme(Scheme):
     """Per-element top-k of the importance score; growth of single random elements."""
 
-    name = "irregular"
-
-    def validate(self, weight_shape: torch.Size) -> None:
-        if len(weight_shape) < 2:
-            raise SchemeError(f"irregular sparsity needs a weight of rank >= 2, got {tuple(weight_shape)}")
+    spec = IRREGULAR
 
     def prune(self, score: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
         self.check(mask.shape, density)
-        keep = round(density * mask.numel())
+        keep = units_at(density, mask.numel())
         return keep_top_units(score.reshape(1, -1), mask.reshape(1, -1), keep).reshape(mask.shape)
 
     def grow(self, mask: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
         self.check(mask.shape, density)
-        total = round(density * mask.numel())
+        total = units_at(density, mask.numel())
         return grow_random_units(mask.reshape(1, -1), total, generator).reshape(mask.shape)
