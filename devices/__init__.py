@@ -3,7 +3,9 @@
 Modules (import them directly; this package imports nothing, so ``devices.errors`` is cheap):
 
 - ``targets``: the one table of targets (``get_target``, ``tvm_target``, ``export_library``).
-- ``sessions``: ``open_session(kind, target)`` and the :class:`~devices.sessions.Session` API.
+- ``sessions``: ``open_session(kind, target)``; the :class:`~devices.session_base.Session` API is in
+  ``session_base`` (re-exported by ``sessions``), the kinds build on it in ``remote`` and ``kernel_runner``.
+- ``files``: atomic writes, clean-up of a killed writer's temporaries, set-aside of untrusted files.
 - ``timing``: :class:`~devices.timing.Timing` (median and spread; emulated runs are marked).
 - ``errors``: :class:`~devices.errors.DeviceError` and its one-line subclasses.
 - ``serve``: ``python -m devices.serve``, this machine as an RPC device (or a tracker).

@@ -7,7 +7,8 @@ to a temporary sibling, are flushed to disk (``fsync`` of the file), renamed ove
 old file or the new one, never a torn one. On an error the temporary is removed; after a kill it stays,
 named ``.<name>.<pid>.<token>.tmp[<suffix>]`` so that :func:`remove_stale_temporaries` can recognise it
 and remove it once that process is gone. Files are created with the user's umask (mode ``0o666`` before
-the umask, as ``open()`` does), not ``mkstemp``'s 0600.
+the umask, as ``open()`` does), not ``mkstemp``'s 0600. A file a reader cannot trust is not deleted but
+set aside (:func:`set_aside`): renamed, its bytes untouched, for the user to inspect.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import fcntl
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -149,6 +151,34 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
                 entry.unlink()
                 removed.append(entry)
     return removed
+
+
+def set_aside(path: str | os.PathLike, why: str) -> Path | None:
+    """Rename ``path`` (a file or a directory) to ``<name>.<why>-<time>-<pid>``, contents untouched.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        What to set aside.
+    why : str
+        One word for the name: ``corrupt``, ``foreign``, ``rejected``...
+
+    Returns
+    -------
+    pathlib.Path or None
+        The new name; None when ``path`` was gone already (another process set it aside first).
+    """
+    path = Path(path)
+    stamp = f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    aside, n = path.with_name(stamp), 1
+    while aside.exists():  # set aside twice in one second by this process
+        n += 1
+        aside = path.with_name(f"{stamp}-{n}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    return aside
 
 
 @contextlib.contextmanager

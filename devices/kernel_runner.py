@@ -22,7 +22,7 @@ import numpy as np
 from .cache import cache_dir
 from .errors import DeviceError, RemoteTimeoutError
 from .native_build import cross_build, source_digest
-from .sessions import GuardedFunction, LoadedModule, Session, one_line
+from .session_base import GuardedFunction, LoadedModule, Session, one_line
 from .targets import TargetSpec
 from .timing import Timing
 

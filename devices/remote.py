@@ -21,7 +21,7 @@ from tvm import rpc
 from .arm64_runtime import emulator_server_program
 from .errors import DeviceError, SessionClosedError
 from .loopback import ServiceProcess, start_rpc_server
-from .sessions import Session
+from .session_base import Session
 from .targets import TargetSpec
 
 CONNECT_TIMEOUT_S = 60.0

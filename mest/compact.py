@@ -8,16 +8,25 @@ and re-packed into buffers sized once for the largest upper bound of the run (So
 first phase), so a mutation never changes a kernel's shapes and the kernel cache always answers:
 the price is that under EM&S the last phases keep a few empty slots (measured in the run summary).
 
-Checkpoints stay backend-independent: :func:`dense_equivalent_state` writes the dense weights and
-momentum that the ``torch-mask`` backend would hold, and :func:`to_compact` packs them again.
+Like ``torch.ao``'s ``convert``, :func:`to_compact` swaps modules of the model before the optimizer is
+built: the compact values take the dense weight's place in ``model.parameters()``, so the optimizer
+built afterwards has the masked model's slots and nothing edits its parameter groups. Checkpoints stay
+backend-independent: :func:`dense_equivalent_state` writes the dense weights and momentum that the
+``torch-mask`` backend would hold; the model state loads before the conversion, and the optimizer state
+through :func:`compact_optimizer_state`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from mest.sparsity import MaskedConv, SparseState
+from mest.errors import ConfigError
+from mest.models import build_model
+from mest.schemes import get_scheme
+from mest.sparsity import MaskedConv, SparseState, check_profile
 
 
 def _sparse_conv_class() -> type:
@@ -74,24 +83,62 @@ def _parent(model: nn.Module, module_name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def _swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn.Parameter,
-                    momentum: torch.Tensor | None) -> None:
-    for group in optimizer.param_groups:
-        for i, param in enumerate(group["params"]):
-            if param is old:
-                group["params"][i] = new
-    optimizer.state.pop(old, None)
-    if momentum is not None:
-        optimizer.state[new] = {"momentum_buffer": momentum}
+def _slots(optimizer: torch.optim.Optimizer) -> dict[int, int]:
+    """Index of each parameter in the optimizer's state dict, by ``id``."""
+    return {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+
+
+def _refusal(model: nn.Module, fqn: str) -> str:
+    """Why the tvm backend cannot hold the parameter ``fqn`` compactly (``""`` when it can)."""
+    module_name, _, leaf = fqn.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if isinstance(module, nn.Conv2d) and leaf == "weight":
+        if module.kernel_size == (3, 3) and module.padding == (1, 1) and module.bias is None and module.stride[0] in (1, 2):
+            return ""
+        what = f"a {module.kernel_size[0]}x{module.kernel_size[1]} conv"
+    else:
+        what = f"the {leaf} of a {type(module).__name__}"
+    return (f"the tvm backend cannot train {fqn} ({what}) sparse: it runs sparse 3x3 convs (padding 1, stride 1 "
+            "or 2, no bias); keep that layer dense in the profile, or train with --backend torch-mask")
+
+
+def check_compact_layers(model_name: str, profile: dict[str, float], profile_path: Path, scheme: str) -> None:
+    """Refuse, before any data is loaded, a profile making sparse a layer the tvm backend cannot hold.
+
+    Parameters
+    ----------
+    model_name : str
+        The model of the run (its layer shapes do not depend on the data).
+    profile : dict of str to float
+        The run's profile, as :func:`mest.sparsity.read_profile` read it.
+    profile_path : Path
+        Its ``--profile`` JSON file (named by the errors).
+    scheme : str
+        The run's scheme (a layer it cannot take is refused first, as on any backend).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first such layer and the backend that can train it (``torch-mask``).
+    SchemeError
+        For a layer the scheme cannot take.
+    """
+    model = build_model(model_name, num_classes=10, in_channels=3)
+    params = dict(model.named_parameters())
+    for fqn in check_profile(profile, model, profile_path):
+        get_scheme(scheme).validate(params[fqn].shape)
+        refusal = _refusal(model, fqn)
+        if refusal:
+            raise ConfigError(refusal)
 
 
 @torch.no_grad()
-def to_compact(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Optimizer,
-               capacity: dict[str, int] | None = None, batch_size: int | None = None) -> None:
+def to_compact(model: nn.Module, sparse: SparseState, capacity: dict[str, int] | None = None,
+               batch_size: int | None = None) -> None:
     """Replace every masked sparse conv of ``model`` by a compact ``SparseConv2d``, in place.
 
-    The optimizer keeps its parameter slots: the dense weight's slot takes the compact values, and
-    its momentum is gathered at the kept positions.
+    Call it before building the optimizer: each compact ``values`` parameter stands where the dense
+    weight stood in ``model.parameters()``.
 
     Parameters
     ----------
@@ -105,17 +152,15 @@ def to_compact(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Opt
     for fqn, layer in list(sparse.layers.items()):
         if not isinstance(layer, MaskedConv):
             continue
+        refusal = _refusal(model, fqn)
+        if refusal:
+            raise ConfigError(refusal)
         module_name = fqn.rsplit(".", 1)[0]
         conv = model.get_submodule(module_name)
-        if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.bias is not None:
-            raise NotImplementedError(f"the tvm backend runs 3x3 convs with padding 1 and no bias; {module_name} is not one")
         mask = layer.mask()
         slots = max(int(mask.sum()), (capacity or {}).get(fqn, 0))
         compact = sparse_conv(conv.weight.detach(), mask, sparse.schemes[fqn], stride=conv.stride[0],
                               capacity=slots, batch_size=batch_size)
-        momentum = optimizer.state.get(conv.weight, {}).get("momentum_buffer")
-        _swap_parameter(optimizer, conv.weight, compact.values,
-                        None if momentum is None else compact.format.gather(momentum))
         parent, child = _parent(model, module_name)
         setattr(parent, child, compact)
         sparse.layers[fqn] = CompactConv(compact)
@@ -131,7 +176,7 @@ def dense_equivalent_state(model: nn.Module, sparse: SparseState,
     """
     model_state = model.state_dict()
     optimizer_state = optimizer.state_dict()
-    slot = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    slot = _slots(optimizer)
     for fqn, layer in sparse.layers.items():
         if not isinstance(layer, CompactConv):
             continue
@@ -144,3 +189,36 @@ def dense_equivalent_state(model: nn.Module, sparse: SparseState,
             dense = layer.module.format.with_values(entry["momentum_buffer"]).to_dense()
             optimizer_state["state"][index] = {**entry, "momentum_buffer": dense}
     return model_state, optimizer_state
+
+
+@torch.no_grad()
+def compact_optimizer_state(optimizer_state: dict, sparse: SparseState, optimizer: torch.optim.Optimizer) -> dict:
+    """A dense-equivalent optimizer state dict (a checkpoint's) for the optimizer of a compact model.
+
+    The inverse of the optimizer half of :func:`dense_equivalent_state`: the dense momentum of each
+    compact layer is gathered at its kept positions; everything else passes through.
+
+    Parameters
+    ----------
+    optimizer_state : dict
+        ``state_dict()`` of the masked model's optimizer (same slots).
+    sparse : SparseState
+        The layers after :func:`to_compact`.
+    optimizer : torch.optim.Optimizer
+        The optimizer of the compact model, built after :func:`to_compact`.
+
+    Returns
+    -------
+    dict
+        A state dict ``optimizer.load_state_dict`` takes.
+    """
+    slot = _slots(optimizer)
+    state = dict(optimizer_state["state"])
+    for layer in sparse.layers.values():
+        if not isinstance(layer, CompactConv):
+            continue
+        index = slot[id(layer.module.values)]
+        entry = state.get(index)
+        if entry is not None and "momentum_buffer" in entry:
+            state[index] = {**entry, "momentum_buffer": layer.module.format.gather(entry["momentum_buffer"])}
+    return {**optimizer_state, "state": state}

@@ -6,7 +6,8 @@ target of the ``devices`` table, and writes to ``--out`` (default ``<run dir>/co
 - ``model.so``: the Relax VM library (cross-linked for ARM), weights and sparse formats embedded;
 - ``params.npz``: the arrays the library embeds for the sparse layers (``<fqn>/<buffer>``);
 - ``report.json``: per layer the scheme, density, kernel, bytes dense vs stored and time where the
-  target can be timed here; the phases' and total compile time; the check against PyTorch.
+  target can be timed here; the phases' and total compile time, every pass's time (``pass_profile``);
+  the check against PyTorch.
 
 With a session (``local`` by default on x86, the qemu emulator by default for ARM when installed) the
 library is loaded there and its logits are compared with PyTorch eval on a random batch. armv7 has no
@@ -37,7 +38,7 @@ def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m mest.compile", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="checkpoint file of mest.train, or its run directory")
     parser.add_argument("--target", required=True, help="x86, arm (= arm64), arm64 or armv7 (required)")
-    parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: under ~/.cache/mest-tvm)")
+    parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: $MEST_TVM_CACHE/tune-db, i.e. ~/.cache/mest-tvm/tune-db)")
     parser.add_argument("--trials", type=int, default=0, help="tune what the database lacks first: N knob-search trials per sparse kernel, "
                         "N MetaSchedule trials over the dense operators (default 0: use the database as is; "
                         "give MetaSchedule hundreds, a few dozen do worse than the default conv schedule)")
@@ -103,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
     from devices.sessions import open_session
     from devices.targets import EMULATION_RPC, export_library, get_target, tvm_target
     from mest.checkpoint import load_checkpoint, model_from_checkpoint
+    from schedules.database import TuningDatabase
     from tvm_passes.config import CompileConfig
     from tvm_passes.errors import CompileError
     from tvm_passes.kernels import SchedulesKernels, SparseTuning
     from tvm_passes.pipeline import compile_model, load_on, time_model
     from tvm_passes.report import check_kernels, time_layers
-    from tvm_passes.tuning import TuningDatabase, default_database_dir
 
     start = time.perf_counter()
     spec = get_target(args.target)
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     image = checkpoint.model_spec.image_size
     shape = (args.batch, checkpoint.model_spec.in_channels, image, image)
     progress = lambda text: print(text, file=sys.stderr)  # noqa: E731
-    database = TuningDatabase(args.tune_db or default_database_dir(), warn=lambda text: print(f"warning: {text}", file=sys.stderr))
+    database = TuningDatabase(args.tune_db, warn=lambda text: print(f"warning: {text}", file=sys.stderr))
     config = CompileConfig(target=spec.name, batch=args.batch, tune_trials=args.trials)
     out = Path(args.out) if args.out else checkpoint.path.parent / f"compiled-{spec.name}"
 
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "trials": args.trials,
         "compile_seconds": None,
         "phase_seconds": None,
+        "pass_profile": None,
         "layers": [],
         "session": session_kind,
         "model_time": None,
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             stack.enter_context(output_dir(Path(args.dump_ir), "--dump-ir"))
         session = stack.enter_context(open_session(session_kind, spec)) if session_kind else None
         tuning = SparseTuning(session, args.trials, progress) if args.trials else None
-        kernels = SchedulesKernels(spec.name, database.sparse, tuning)
+        kernels = SchedulesKernels(spec.name, database, tuning)
         compiled = compile_model(
             model, checkpoint.masks, checkpoint.schemes, shape, config, kernels, database=database,
             tuning_runner=_dense_runner(session_kind) if args.trials else None,
@@ -166,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(out / "params.npz", buffer.getvalue())
         report["compile_seconds"] = round(time.perf_counter() - start, 3)
         report["phase_seconds"] = {name: round(value, 3) for name, value in compiled.phase_seconds.items()}
+        report["pass_profile"] = compiled.pass_profile.splitlines()
         if session is None:
             report["check"] = (
                 f"not run: no session for {spec.name} (install {' '.join(spec.debian_packages)} for the emulator, "
@@ -201,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from devices.errors import DeviceError
     from mest.errors import MestError
+    from schedules.errors import TuningDatabaseError
     from tvm_passes.errors import CompileError
 
     try:
         return run(args)
-    except (MestError, CompileError, DeviceError, ValueError) as err:
+    except (MestError, CompileError, DeviceError, TuningDatabaseError, ValueError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -203,12 +203,12 @@ class SparseState:
     @classmethod
     def from_masks(cls, model: nn.Module, masks: dict[str, torch.Tensor], schemes: dict[str, str],
                    sparsity: dict[str, float]) -> "SparseState":
-        """Masked layers of ``model`` from conv masks; coupled BN masks follow the channel scheme."""
+        """Masked layers of ``model`` from conv masks; coupled BN masks follow a scheme that masks BN (channel)."""
         params = dict(model.named_parameters())
         pairs = conv_bn_pairs(model)
         layers = {fqn: MaskedConv(params[fqn], masks[fqn].bool().clone()) for fqn in schemes}
         coupled = {f"{pairs[fqn]}.{suffix}": fqn for fqn, scheme in schemes.items()
-                   if scheme == "channel" and fqn in pairs for suffix in ("weight", "bias")}
+                   if get_scheme(scheme).masks_batch_norm and fqn in pairs for suffix in ("weight", "bias")}
         coupled_masks = {bn: _channel_mask(layers[conv].mask()) for bn, conv in coupled.items()}
         return cls(layers=layers, schemes=dict(schemes), sparsity=dict(sparsity), coupled=coupled,
                    coupled_masks=coupled_masks, bn_params={bn: params[bn] for bn in coupled})

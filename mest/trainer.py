@@ -34,6 +34,15 @@ RANKING_NAME = "forgetting_ranking.json"
 PLOT_NAME = "training.png"
 
 
+#: What restoring a state dict of the wrong shape or kind raises.
+RESTORE_ERRORS = (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError)
+
+
+def _unrestorable(checkpoint: Checkpoint, err: Exception) -> CheckpointError:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+    return CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: {reason}")
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of an epoch's shuffle and augmentation, derived from ``(seed, epoch)``."""
     return torch.Generator().manual_seed(zlib.crc32(f"data:{seed}:{epoch}".encode()))
@@ -62,6 +71,10 @@ class Trainer:
         # The files a config names are read before the data, so a bad one costs no data loading.
         ranking = read_ranking(Path(config.ranking_in)) if config.ranking_in else None
         profile = read_profile(Path(config.profile)) if config.profile else None
+        if config.backend == "tvm" and profile is not None:  # a layer the backend cannot hold fails before the data loads
+            from mest.compact import check_compact_layers
+
+            check_compact_layers(config.model, profile, Path(config.profile), config.scheme)
         self.data = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir)
         if config.removes_examples():
             check_remove_count(config.remove_count, len(self.data.train))
@@ -75,6 +88,13 @@ class Trainer:
         profile = (check_profile(profile, self.model, Path(config.profile)) if profile is not None
                    else default_profile(self.model, config.sparsity))
         self.sparse = SparseState.prune_init(self.model, profile, config.scheme)
+        if checkpoint is not None:
+            self._restore_model(checkpoint)
+        if config.backend == "tvm":  # before the optimizer: compact values take the dense weights' slots
+            from mest.compact import to_compact
+
+            to_compact(self.model, self.sparse, capacity=self.sparse.peak_counts(self.schedule),
+                       batch_size=config.batch_size)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
@@ -86,11 +106,6 @@ class Trainer:
                            if ranking is not None else None)
         if checkpoint is not None:
             self._restore(checkpoint)
-        if config.backend == "tvm":
-            from mest.compact import to_compact
-
-            to_compact(self.model, self.sparse, self.optimizer, capacity=self.sparse.peak_counts(self.schedule),
-                       batch_size=config.batch_size)
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True) -> "Trainer":
@@ -98,22 +113,31 @@ class Trainer:
         return cls(checkpoint.config, checkpoint.path.parent, dataset=dataset, progress=progress,
                    checkpoint=checkpoint)
 
-    def _restore(self, checkpoint: Checkpoint) -> None:
+    def _restore_model(self, checkpoint: Checkpoint) -> None:
         if self.spec != checkpoint.model_spec:
             raise CheckpointError(f"checkpoint {checkpoint.path} was trained on other data ({checkpoint.model_spec})")
+        try:
+            self.model.load_state_dict(checkpoint.state["model"])
+            self.sparse = SparseState.from_state_dict(self.model, checkpoint.state["sparse"])
+        except RESTORE_ERRORS as err:
+            raise _unrestorable(checkpoint, err) from None
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state
         try:
-            self.model.load_state_dict(state["model"])
-            self.sparse = SparseState.from_state_dict(self.model, state["sparse"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            optimizer_state = state["optimizer"]
+            if self.config.backend == "tvm":
+                from mest.compact import compact_optimizer_state
+
+                optimizer_state = compact_optimizer_state(optimizer_state, self.sparse, self.optimizer)
+            self.optimizer.load_state_dict(optimizer_state)
             self.scheduler.load_state_dict(state["scheduler"])
             self.forgetting = ForgettingStats.from_state_dict(state["forgetting"])
             self.kept_examples = state["kept_examples"].long()
             self.history = list(state["history"])
             torch.set_rng_state(state["rng"]["torch"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            raise CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: {reason}") from None
+        except RESTORE_ERRORS as err:
+            raise _unrestorable(checkpoint, err) from None
         examples, kept = len(self.data.train), self.kept_examples
         kept_fits = (kept.ndim == 1 and len(kept) > 0 and len(kept.unique()) == len(kept)
                      and 0 <= int(kept.min()) and int(kept.max()) < examples)
@@ -184,12 +208,12 @@ class Trainer:
         return metrics
 
     def _kernel_build_seconds(self) -> float:
-        """Seconds spent building TVM kernels so far in this process (0 for torch-mask)."""
+        """Seconds spent building (or loading from disk) TVM kernels so far in this process (0 for torch-mask)."""
         if self.config.backend != "tvm":
             return 0.0
         from schedules.cache import default_cache
 
-        return default_cache().build_seconds
+        return default_cache().seconds
 
     def train_one_epoch(self) -> tuple[float, float]:
         """One pass over the kept examples; returns mean loss and accuracy."""

@@ -17,10 +17,14 @@ Public API (other rooms use these names):
   built :class:`schedules.cache.Kernel`, tuning database first; :func:`schedules.cache.default_cache`.
 - :class:`schedules.layer.SparseConv2d` ``(weight, mask, scheme, stride=1, capacity=None,
   cache=None)``: parameter ``values``; ``repack(weight, mask, capacity=None)`` at a mutation.
-- :class:`schedules.database.TuningDatabase` ``(path=None)`` (JSON file), ``Workload``, ``Record``.
+- :class:`schedules.database.TuningDatabase` ``(path=None)``: the one tuning database (a directory:
+  our sparse records and MetaSchedule's dense ones), ``Workload``, ``Record``.
 - :func:`schedules.tune.tune_kernel` and ``python -m schedules.tune --model resnet32 --scheme S
-  --density D --target x86 --trials N --db PATH [--session local|rpc|tracker:H:P:K] [--retune]``;
+  --density D --target x86 --trials N --tune-db DIR [--session local|rpc|tracker:H:P:K] [--retune]``;
   ``python -m schedules.bench [--model] [--schemes] [--densities] [--db] [--out]``.
+- :mod:`schedules.schemes`: the registry of sparsity schemes (``SCHEMES``, ``get_spec(name)``), one
+  :class:`~schedules.schemes.base.SchemeSpec` per file (unit, valid weights, format and its kernel
+  walk, kernel constraints, random masks); ``mest.schemes`` extends them with prune and grow.
 - :func:`schedules.masks.random_mask` (scheme-valid random masks), :mod:`schedules.workloads`
   (the ResNet layer shapes).
 - Errors: :class:`schedules.errors.SparseFormatError` (a ``ValueError``),

@@ -3,18 +3,36 @@
 A kernel is keyed by (scheme, direction, weight shape, input shape, capacity, stride, target, knobs);
 the index dtypes follow from the shapes and the capacity. When no knobs are given, the tuning database
 is consulted first (density bucket of the capacity), then the template's defaults apply.
+
+Two levels: the kernels this process has loaded (a dict), and exported libraries on disk under
+``<cache root>/kernels/tvm-<TVM version>/<target>/<digest>.so`` (:func:`devices.cache.cache_root`), so
+that another process, or the next run, loads instead of building. The digest covers the key, the full
+TVM target (CPU included: a shared home directory may serve other machines) and the source of the
+kernel templates and formats (a changed template never meets an old library). A library is written
+through :func:`devices.files.atomic_output` (complete and fsynced before it gets its name), so a
+process can never load a half-written one, and two processes building the same kernel both write a
+whole file, the last rename winning. An entry that does not load is set aside (renamed, kept) and
+rebuilt. Only host kernels go to disk: other targets' kernels cannot be loaded here.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import time
-from dataclasses import dataclass
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import tvm
 
+from devices.cache import cache_root
+from devices.files import remove_stale_temporaries, set_aside
 from schedules.database import TuningDatabase, Workload, density_bucket
-from schedules.formats import SparseFormat
+from schedules.sparse_format import SparseFormat
 from schedules.kernels import Knobs, primfunc
 
 
@@ -45,13 +63,16 @@ class Kernel:
     module : tvm.runtime.Module
         Its runtime module (for timing).
     build_seconds : float
-        Wall time of the build.
+        Wall time of the build (and export), or of loading it from disk.
+    loaded : bool
+        True when it came from an exported library on disk, not from a build.
     """
 
     key: KernelKey
     function: Any
     module: Any
     build_seconds: float
+    loaded: bool = False
 
     def __call__(self, *args: Any) -> None:
         self.function(*args)
@@ -96,13 +117,54 @@ def compile_kernel(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], 
     return tvm.compile(tvm.IRModule({"main": func}), target=tvm_target(target))
 
 
-def build(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int, target: str, knobs: Knobs) -> Kernel:
-    """Compile one kernel and load it in this process (no caching); arguments as :func:`compile_kernel`."""
-    key = KernelKey(fmt.scheme, direction, tuple(fmt.weight_shape), tuple(x_shape), fmt.capacity, stride, target, knobs)
+KERNEL_DIRECTORY = "kernels"
+#: The files whose code shapes a kernel: a change to any of them changes every digest.
+_SOURCES = ("formats.py", "kernels/*.py")
+
+
+@functools.cache
+def _source_digest() -> str:
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in _SOURCES for p in root.glob(pattern)):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def library_path(directory: Path, key: KernelKey) -> Path:
+    """Where the exported library of ``key`` lives under the cache ``directory``."""
+    fields = {**asdict(key), "knobs": key.knobs.to_json(), "tvm_target": str(tvm_target(key.target).export()),
+              "source": _source_digest()}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return directory / f"tvm-{tvm.__version__}" / key.target / f"{digest}.so"
+
+
+def _load(path: Path, key: KernelKey) -> Kernel | None:
+    """The kernel in ``path``; None when it is missing; a library that does not load is set aside."""
+    if not path.exists():
+        return None
     start = time.perf_counter()
-    executable = compile_kernel(fmt, direction, x_shape, stride, target, knobs)
-    seconds = time.perf_counter() - start
-    return Kernel(key, executable["main"], executable.mod, seconds)
+    try:
+        module = tvm.runtime.load_module(str(path))
+        function = module["main"]
+    except (RuntimeError, OSError, AttributeError, KeyError) as err:
+        aside = set_aside(path, "corrupt")
+        warnings.warn(f"built kernel {path} does not load ({type(err).__name__}); kept it as "
+                      f"{aside.name if aside else '(gone)'} and rebuilt it", stacklevel=4)
+        return None
+    return Kernel(key, function, module, time.perf_counter() - start, loaded=True)
+
+
+def _store(executable: Any, path: Path, target: str) -> None:
+    from devices.errors import DeviceError  # noqa: PLC0415
+    from devices.targets import export_library  # noqa: PLC0415
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
+        export_library(executable, path, target)
+    except (OSError, DeviceError) as err:  # the kernel works in this process; only the disk copy is lost
+        warnings.warn(f"built kernel not kept on disk ({err})", stacklevel=2)
 
 
 class KernelCache:
@@ -111,20 +173,61 @@ class KernelCache:
     Parameters
     ----------
     database : TuningDatabase, optional
-        Where tuned knobs are looked up; default: the database at the default path.
+        Where tuned knobs are looked up; default: the tuning database in its default directory
+        (the one ``python -m schedules.tune`` and ``python -m mest.compile`` use).
     target : str
         Target name of the kernels built here (the host by default).
+    directory : str or os.PathLike, optional
+        Where exported libraries are kept; default ``<cache root>/kernels``. Used for host targets only.
+
+    Attributes
+    ----------
+    builds, build_seconds : int, float
+        Kernels built (compiled and exported) by this cache, and the seconds it took.
+    loads, load_seconds : int, float
+        Kernels loaded from disk instead, and the seconds it took.
     """
 
-    def __init__(self, database: TuningDatabase | None = None, target: str = "x86") -> None:
+    def __init__(self, database: TuningDatabase | None = None, target: str = "x86",
+                 directory: str | Path | None = None) -> None:
+        from devices.targets import get_target  # noqa: PLC0415
+
         self.database = database if database is not None else TuningDatabase()
         self.target = target
+        self.directory = Path(directory) if directory is not None else cache_root() / KERNEL_DIRECTORY
+        self._on_disk = get_target(target).is_host
         self._kernels: dict[KernelKey, Kernel] = {}
         self.build_seconds = 0.0
         self.builds = 0
+        self.load_seconds = 0.0
+        self.loads = 0
+        self._exporter: ThreadPoolExecutor | None = None
+        self._exports: list[Future] = []
+
+    def _export(self, executable: Any, path: Path, target: str) -> None:
+        # Linking the library (g++) takes about as long as the build: it runs beside the training, in
+        # one worker thread (the interpreter waits for it at exit; a kill leaves only a temporary).
+        if self._exporter is None:
+            self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mest-kernel-export")
+        self._exports.append(self._exporter.submit(_store, executable, path, target))
+
+    def flush(self) -> None:
+        """Wait until every built kernel is on disk."""
+        for future in self._exports:
+            future.result()
+        self._exports.clear()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent building and loading kernels."""
+        return self.build_seconds + self.load_seconds
 
     def __len__(self) -> int:
         return len(self._kernels)
+
+    def keys(self) -> list[KernelKey]:
+        """The keys of the kernels this cache has handed out."""
+        return list(self._kernels)
 
     def knobs_for(self, fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int) -> Knobs:
         """Tuned knobs of the database for this kernel, else the defaults."""
@@ -155,10 +258,24 @@ class KernelCache:
         key = KernelKey(fmt.scheme, direction, tuple(fmt.weight_shape), tuple(x_shape), fmt.capacity, stride, self.target, chosen)
         kernel = self._kernels.get(key)
         if kernel is None:
-            kernel = build(fmt, direction, x_shape, stride, self.target, chosen)
+            kernel = self._from_disk_or_build(fmt, key)
             self._kernels[key] = kernel
-            self.build_seconds += kernel.build_seconds
-            self.builds += 1
+        return kernel
+
+    def _from_disk_or_build(self, fmt: SparseFormat, key: KernelKey) -> Kernel:
+        path = library_path(self.directory, key) if self._on_disk else None
+        kernel = _load(path, key) if path is not None else None
+        if kernel is not None:
+            self.loads += 1
+            self.load_seconds += kernel.build_seconds
+            return kernel
+        start = time.perf_counter()
+        executable = compile_kernel(fmt, key.direction, key.x_shape, key.stride, key.target, key.knobs)
+        kernel = Kernel(key, executable["main"], executable.mod, time.perf_counter() - start)
+        if path is not None:
+            self._export(executable, path, key.target)
+        self.builds += 1
+        self.build_seconds += kernel.build_seconds
         return kernel
 
 

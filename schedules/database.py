@@ -1,11 +1,30 @@
-"""The tuning database: one JSON file of the best knobs found per workload, reused across runs.
+"""The tuning database: one directory holding every tuning record, which a user keeps, reuses and ships.
 
-A record is keyed by (scheme, direction, weight shape, input shape, stride, density bucket, target);
-its value holds the knobs, the measured median seconds of the tuned kernel, that of the default
-knobs and of PyTorch dense when the tuner measured them. Writes are atomic
-(:func:`devices.files.atomic_write_text`) and merge with what another process wrote meanwhile. A file that is not valid JSON,
-or was written by another tool or another TVM version, is moved aside untouched (``*.corrupt-<time>``
-or ``*.foreign-<time>``) with a warning, and a fresh database is started.
+Where: the ``--tune-db DIR`` of a command, else ``$MEST_TVM_CACHE/tune-db`` (:func:`default_directory`).
+Training (through :class:`schedules.cache.KernelCache`), ``python -m schedules.tune`` and
+``python -m mest.compile`` all open it with :class:`TuningDatabase`. Layout of ``DIR``:
+
+- ``meta.json``: ``{"format": FORMAT_NAME, "version": FORMAT_VERSION, "tvm": <TVM version>}``;
+- ``sparse.json``: ``{"records": {<Workload.key()>: <Record.to_json()>}}``, the best knobs of our sparse
+  kernels, keyed by (scheme, direction, weight shape, input shape, stride, density bucket, target),
+  with the median seconds of the tuned kernel, of the default knobs and of PyTorch dense when the
+  tuner measured them;
+- ``dense-<target>/database_workload.json`` + ``database_tuning_record.json``: MetaSchedule's JSON
+  database of the dense operators of compiled models, one per target (MetaSchedule keys records by
+  workload only, and a schedule tuned for x86 must not reach an ARM build).
+
+Why the whole directory is one class here, in ``schedules``: the kernel cache of this room reads the
+sparse records and must not import ``tvm_passes``, so the directory and its rules live in the lowest
+room that reads it. The dense half is MetaSchedule's own files; opening them needs only
+``tvm.s_tir.meta_schedule`` (imported on first use), not Relax, so :meth:`TuningDatabase.dense` is here
+too, and :mod:`tvm_passes.tuning` adds only the Relax-level loop (extract the dense tasks, tune them,
+apply the records).
+
+What cannot be trusted is set aside, never deleted (:func:`devices.files.set_aside`, with a warning, and
+a fresh start): a ``meta.json`` of another tool, format or TVM version sets all of the directory's
+files aside; a ``sparse.json`` that is not JSON or holds a record that does not parse is set aside (its
+good records are kept and written back at the next commit); a ``dense-<target>`` directory that
+MetaSchedule rejects is set aside. Writes are atomic and merge with what another process wrote meanwhile.
 """
 
 from __future__ import annotations
@@ -13,19 +32,32 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import tvm
 
-from devices.files import atomic_write_text
-from schedules.errors import TuningDatabaseError
+from devices.cache import cache_root
+from devices.files import atomic_write_text, set_aside
+from schedules.errors import TuningDatabaseError, TuningDatabaseWarning
 from schedules.kernels.knobs import Knobs
 
-FORMAT_NAME = "mest-tvm/schedules tuning database"
-FORMAT_VERSION = 1
+FORMAT_NAME = "mest-tvm tuning database"
+FORMAT_VERSION = 2
+
+DIRECTORY_NAME = "tune-db"
+META_NAME = "meta.json"
+SPARSE_NAME = "sparse.json"
+#: MetaSchedule's two files in each ``dense-<target>`` directory.
+DENSE_FILES = ("database_workload.json", "database_tuning_record.json")
+#: What this TVM raises when MetaSchedule rejects a database file: tvm_ffi maps a C++ failure to
+#: RuntimeError (``tvm.error.InternalError`` is one), TypeError, ValueError, KeyError, IndexError or
+#: AttributeError (this TVM has no ``tvm.error.TVMError``). Seen: ``[1, 2]`` as a workload line gives
+#: TypeError, a bad base64 string InternalError, a record of an unknown workload RuntimeError.
+METASCHEDULE_ERRORS = (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError)
 #: Density buckets (fraction of kept weights) a record stands for; a layer uses the nearest in log scale.
 DENSITY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -104,90 +136,165 @@ class Record:
 
     @classmethod
     def from_json(cls, data: dict) -> "Record":
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json`.
+
+        Raises
+        ------
+        KeyError, TypeError, ValueError
+            When ``data`` is not a record (a missing field, a time that is not a positive number...).
+        """
+        trials = data.get("trials", 0)
+        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 0:
+            raise ValueError(f"trials {trials!r} is not a count")
         return cls(
             Knobs.from_json(data["knobs"]),
-            float(data["seconds"]),
-            data.get("default_seconds"),
-            data.get("torch_seconds"),
-            int(data.get("trials", 0)),
+            _seconds(data["seconds"]),
+            None if data.get("default_seconds") is None else _seconds(data["default_seconds"]),
+            None if data.get("torch_seconds") is None else _seconds(data["torch_seconds"]),
+            trials,
         )
 
 
-def default_path() -> Path:
-    """``$MEST_TVM_TUNING_DB`` or ``~/.cache/mest-tvm/tuning.json``."""
-    env = os.environ.get("MEST_TVM_TUNING_DB")
-    if env:
-        return Path(env)
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "mest-tvm" / "tuning.json"
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{value!r} is not a time in seconds")
+    return float(value)
 
 
-def _read(path: Path) -> dict[str, dict]:
-    """Records of a database file; a bad file is moved aside with a warning and gives no records."""
-    if not path.exists():
-        return {}
+def _set_aside(path: Path, why: str) -> Path | None:
+    """:func:`devices.files.set_aside`, with a file that cannot be renamed a :class:`TuningDatabaseError`."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        return _set_aside(path, "corrupt", f"not a readable JSON file ({type(err).__name__})")
-    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-        return _set_aside(path, "foreign", "not a mest-tvm tuning database")
-    if data.get("version") != FORMAT_VERSION or data.get("tvm") != tvm.__version__:
-        return _set_aside(path, "foreign", f"written for version {data.get('version')} / TVM {data.get('tvm')}, this is {FORMAT_VERSION} / TVM {tvm.__version__}")
-    records = data.get("records")
-    if not isinstance(records, dict):
-        return _set_aside(path, "corrupt", "its records are not a JSON object")
-    bad = next((key for key, record in records.items() if not _is_record(record)), None)
-    if bad is not None:
-        return _set_aside(path, "corrupt", f"its record {bad[:80]!r} is not a tuning record")
-    return records
-
-
-def _is_record(data: object) -> bool:
-    """Whether ``data`` is what :meth:`Record.to_json` writes (knobs of the right types, times > 0)."""
-    try:
-        record = Record.from_json(data)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return False
-    if not isinstance(data["knobs"], dict):
-        return False
-    knobs = record.knobs.to_json()
-    times = [record.seconds] + [t for t in (record.default_seconds, record.torch_seconds) if t is not None]
-    return (type(knobs.pop("tile_outer")) is bool and all(type(v) is int and v >= 0 for v in knobs.values())
-            and all(type(t) in (int, float) and math.isfinite(t) and t > 0 for t in times) and record.trials >= 0)
-
-
-def _set_aside(path: Path, why: str, reason: str) -> dict:
-    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}")
-    try:
-        os.replace(path, aside)
+        return set_aside(path, why)
     except OSError as err:
-        raise TuningDatabaseError(f"tuning database {path} is {reason}, and cannot be set aside: {err.strerror}") from None
-    warnings.warn(f"tuning database {path} is {reason}; kept it as {aside} and started a fresh one", stacklevel=3)
-    return {}
+        raise TuningDatabaseError(f"tuning database {path} is {why} and cannot be set aside: "
+                                  f"{err.strerror or err}") from None
+
+
+def default_directory() -> Path:
+    """``<cache root>/tune-db``: ``$MEST_TVM_CACHE/tune-db`` (see :func:`devices.cache.cache_root`)."""
+    return cache_root() / DIRECTORY_NAME
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, TuningDatabaseWarning, stacklevel=3)
+
+
+def _parse_records(data: object) -> tuple[dict[str, Record], bool]:
+    """The records of a ``sparse.json`` payload and whether all of it parsed."""
+    records = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, dict):
+        return {}, False
+    parsed, intact = {}, True
+    for key, value in records.items():
+        try:
+            parsed[key] = Record.from_json(value)
+        except (KeyError, TypeError, ValueError, AttributeError):  # AttributeError: a record that is no object
+            intact = False
+    return parsed, intact
 
 
 class TuningDatabase:
-    """Best knobs per :class:`Workload`, persisted in one JSON file.
+    """The tuning database in one directory (see the module docstring for its layout and rules).
 
     Parameters
     ----------
     path : str or os.PathLike, optional
-        The file; default :func:`default_path`. Created on the first :meth:`commit`.
+        The directory; default :func:`default_directory`. Created if missing.
+    warn : callable, optional
+        Receives the one-line warning when something is set aside (default: ``warnings.warn`` with
+        :class:`~schedules.errors.TuningDatabaseWarning`).
+
+    Raises
+    ------
+    TuningDatabaseError
+        When the directory cannot be created or written.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        self.path = Path(path) if path is not None else default_path()
-        self._records = _read(self.path)
+    def __init__(self, path: str | os.PathLike | None = None, warn: Callable[[str], None] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_directory()
+        self.warn = warn or _warn
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TuningDatabaseError(f"cannot create the tuning database {self.path}: {err.strerror or err}") from None
+        self._check_meta()
+        self._records = self._read_sparse()
+        self._dense: dict[str, Any] = {}
+
+    @property
+    def sparse_path(self) -> Path:
+        """The file of the sparse records."""
+        return self.path / SPARSE_NAME
+
+    def dense_path(self, target_name: str) -> Path:
+        """The directory of MetaSchedule's records for ``target_name``."""
+        return self.path / f"dense-{target_name}"
+
+    @property
+    def sparse(self) -> "TuningDatabase":
+        """This database (the sparse records were a separate object before; ``tvm_passes/bench.py`` says so)."""
+        return self
+
+    # -- meta.json ------------------------------------------------------------------------------
+    def _ours(self) -> list[Path]:
+        names = [META_NAME, SPARSE_NAME]
+        return [p for p in sorted(self.path.iterdir()) if p.name in names or (p.name.startswith("dense-") and p.is_dir() and "." not in p.name)]
+
+    def _meta_problem(self) -> str:
+        meta = self.path / META_NAME
+        if not meta.exists():
+            return "its meta.json is missing" if self._ours() else ""
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            return "its meta.json is not readable JSON"
+        if not isinstance(info, dict) or info.get("format") != FORMAT_NAME or info.get("version") != FORMAT_VERSION:
+            return "it is not a mest-tvm tuning database of this version"
+        if info.get("tvm") != tvm.__version__:
+            return f"it was written by TVM {info.get('tvm')}, this is TVM {tvm.__version__}"
+        return ""
+
+    def _check_meta(self) -> None:
+        problem = self._meta_problem()
+        if problem:
+            kept = [aside for path in self._ours() if (aside := _set_aside(path, "foreign")) is not None]
+            self.warn(f"tuning database {self.path} not used: {problem}; kept its files as "
+                      f"{', '.join(p.name for p in kept) or 'nothing'}; a fresh database starts")
+        if not (self.path / META_NAME).exists():
+            self._write(self.path / META_NAME, {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tvm": tvm.__version__})
+
+    def _write(self, path: Path, payload: dict) -> None:
+        try:
+            atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=True))
+        except OSError as err:
+            raise TuningDatabaseError(f"cannot write tuning database {path}: {err.strerror or err}") from None
+
+    # -- sparse records ---------------------------------------------------------------------------
+    def _read_sparse(self) -> dict[str, Record]:
+        path = self.sparse_path
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # nested past the limit
+            data, why = None, f"not a readable JSON file ({type(err).__name__})"
+        else:
+            why = "not a set of tuning records"
+        records, intact = _parse_records(data)
+        if not intact:
+            if records:
+                why = "holding records that do not parse"
+            aside = _set_aside(path, "corrupt")
+            self.warn(f"tuning records {path} are {why}; kept the file as {aside.name if aside else '(gone)'}"
+                      f"{f' and its {len(records)} good records' if records else ''}; a fresh file starts")
+        return records
 
     def __len__(self) -> int:
         return len(self._records)
 
     def lookup(self, workload: Workload) -> Record | None:
         """The record of ``workload``, or None when it was never tuned."""
-        data = self._records.get(workload.key())
-        return Record.from_json(data) if data is not None else None
+        return self._records.get(workload.key())
 
     def commit(self, workload: Workload, record: Record, replace: bool = False) -> None:
         """Store ``record`` (keeping a faster one already there unless ``replace``); write atomically.
@@ -197,14 +304,57 @@ class TuningDatabase:
         TuningDatabaseError
             When the file cannot be written.
         """
-        on_disk = _read(self.path) if self.path.exists() else {}
-        merged = {**on_disk, **self._records}
+        merged = {**self._read_sparse(), **self._records}
         old = merged.get(workload.key())
-        if old is None or replace or float(old["seconds"]) > record.seconds:
-            merged[workload.key()] = record.to_json()
+        if old is None or replace or old.seconds > record.seconds:
+            merged[workload.key()] = record
         self._records = merged
-        payload = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "tvm": tvm.__version__, "records": merged}
-        try:
-            atomic_write_text(self.path, json.dumps(payload, indent=1, sort_keys=True))
-        except OSError as err:
-            raise TuningDatabaseError(f"cannot write tuning database {self.path}: {err.strerror or err}") from None
+        self._write(self.sparse_path, {"records": {key: r.to_json() for key, r in merged.items()}})
+
+    # -- MetaSchedule's dense records ---------------------------------------------------------------
+    def dense(self, target_name: str) -> Any:
+        """MetaSchedule's ``JSONDatabase`` of the dense operators for ``target_name`` (opened once).
+
+        A directory MetaSchedule cannot read is set aside (:meth:`reject_dense`) and a fresh one opened.
+        """
+        if target_name not in self._dense:
+            try:
+                self._dense[target_name] = self._open_dense(target_name)
+            except METASCHEDULE_ERRORS as err:
+                self.reject_dense(target_name, f"MetaSchedule cannot read it ({last_line(err)})")
+        return self._dense[target_name]
+
+    def _open_dense(self, target_name: str) -> Any:
+        from tvm.s_tir import meta_schedule as ms  # noqa: PLC0415 - heavy, needed only by compilation
+
+        directory = self.dense_path(target_name)
+        directory.mkdir(exist_ok=True)
+        return ms.database.JSONDatabase(str(directory / DENSE_FILES[0]), str(directory / DENSE_FILES[1]),
+                                        allow_missing=True)
+
+    def reject_dense(self, target_name: str, reason: str) -> Any:
+        """Set aside the dense records of ``target_name`` (contents untouched) and open a fresh set.
+
+        Parameters
+        ----------
+        target_name : str
+            The target whose ``dense-<target>`` directory MetaSchedule rejected.
+        reason : str
+            What went wrong, for the warning.
+
+        Returns
+        -------
+        tvm.s_tir.meta_schedule.database.JSONDatabase
+            The fresh, empty database.
+        """
+        aside = _set_aside(self.dense_path(target_name), "rejected")
+        self.warn(f"tuning database {self.path}: {reason}; kept {self.dense_path(target_name).name} as "
+                  f"{aside.name if aside else '(gone)'}; fresh dense records start")
+        self._dense[target_name] = self._open_dense(target_name)
+        return self._dense[target_name]
+
+
+def last_line(err: BaseException) -> str:
+    """The last non-empty line of an error message (where TVM puts the reason), shortened."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines or [type(err).__name__])[-1][:160]

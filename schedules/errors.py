@@ -13,3 +13,7 @@ class TuningDatabaseError(RuntimeError):
 
 class UnsupportedKernelError(ValueError):
     """A convolution (stride, kernel size, scheme, direction) for which no sparse kernel exists."""
+
+
+class TuningDatabaseWarning(UserWarning):
+    """Part of a tuning database was set aside (kept, renamed) and a fresh part started."""

@@ -16,8 +16,10 @@ least as many trials is reused without searching.
 
 Command::
 
-    python -m schedules.tune --model resnet32 --scheme irregular --density 0.1 --target x86 \\
-        --trials 16 --db tuning.json
+    python -m schedules.tune --model resnet32 --scheme irregular --density 0.1 --trials 16
+
+writes into the tuning database that training and ``python -m mest.compile`` read
+(:mod:`schedules.database`; ``--tune-db DIR`` for another one).
 """
 
 from __future__ import annotations
@@ -32,21 +34,22 @@ import torch
 
 from schedules.cache import compile_kernel, workload
 from schedules.database import Record, TuningDatabase, Workload
-from schedules.formats import DIRECTIONS, SCHEMES, SparseFormat, pack
+from schedules.errors import TuningDatabaseError
+from schedules.formats import DIRECTIONS, SparseFormat, pack
 from schedules.kernels import output_shape
-from schedules.kernels.entries import entries
 from schedules.kernels.gather_conv import gather_extent
 from schedules.kernels.knobs import Knobs, gather_space, grad_weight_space
 from schedules.masks import random_mask
+from schedules.schemes import SCHEME_SPECS
 from schedules.measure import interleaved, torch_conv_backward
 from schedules.threads import num_threads
-from schedules.workloads import ConvLayer, select_layers
+from schedules.workloads import MODELS, ConvLayer, select_layers
 
 
 
 def knob_space(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int) -> list[Knobs]:
     """The candidates of a kernel's template, the default (resolved) first."""
-    walk = entries(fmt, direction)
+    walk = fmt.entries(direction)
     y_shape = output_shape(fmt, x_shape, stride)
     if direction == "grad_weight":
         space = grad_weight_space(y_shape[2], y_shape[3], x_shape[0], walk.group * walk.taps, num_threads())
@@ -58,7 +61,7 @@ def knob_space(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stri
 
 def features(knobs: Knobs, fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int) -> list[float]:
     """Feature vector of one candidate: its knobs and its workload's shape."""
-    walk = entries(fmt, direction)
+    walk = fmt.entries(direction)
     density = fmt.capacity / float(np.prod(fmt.weight_shape))
     return [
         knobs.rows, knobs.width, float(knobs.tile_outer), knobs.lanes, knobs.chunks,
@@ -272,7 +275,7 @@ def knob_default(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], st
     """The resolved default knobs of a kernel (what an untuned build uses)."""
     from schedules.kernels.knobs import resolve_gather, resolve_grad_weight  # noqa: PLC0415
 
-    walk = entries(fmt, direction)
+    walk = fmt.entries(direction)
     y_shape = output_shape(fmt, x_shape, stride)
     if direction == "grad_weight":
         return resolve_grad_weight(Knobs(), y_shape[2], y_shape[3], x_shape[0], walk.group * walk.taps, num_threads())
@@ -291,22 +294,49 @@ def layer_format(layer: ConvLayer, scheme: str, density: float, seed: int = 0) -
     return pack(scheme, weight, random_mask(scheme, layer.weight_shape(), density, generator))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its complaints as one ``error:`` line (exit code 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options."""
-    parser = argparse.ArgumentParser(prog="python -m schedules.tune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet32", help="model whose sparse layers are tuned (resnet32, resnet20)")
-    parser.add_argument("--scheme", required=True, choices=[s for s in SCHEMES if s != "channel"])
-    parser.add_argument("--density", type=float, default=0.1)
+    """Command-line options (each help line shows its default)."""
+    parser = _Parser(prog="python -m schedules.tune", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="resnet32", help=f"model whose sparse layers are tuned ({', '.join(MODELS)})")
+    parser.add_argument("--image-size", type=int, default=32, help="input height and width (8 for the digits data)")
+    parser.add_argument("--scheme", required=True, choices=[name for name, spec in SCHEME_SPECS.items() if not spec.dense_kernel],
+                        help="sparsity scheme (channel runs a smaller dense conv: nothing to tune)")
+    parser.add_argument("--density", type=float, default=0.1, help="fraction of weights kept, in (0, 1]")
     parser.add_argument("--target", default="x86", help="target name of the devices table")
     parser.add_argument("--session", default="local", help="devices session: local, rpc, emulator, tracker:HOST:PORT:KEY")
     parser.add_argument("--trials", type=int, default=16, help="candidates measured per kernel at most")
-    parser.add_argument("--db", default=None, help="tuning database JSON file (default: the user's cache one)")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--directions", default=",".join(DIRECTIONS))
-    parser.add_argument("--layers", default="", help="comma-separated layer names (default all)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tune-db", metavar="DIR", default=None,
+                        help="tuning database directory (default: $MEST_TVM_CACHE/tune-db, the one training and mest.compile use)")
+    parser.add_argument("--batch", type=int, default=64, help="batch size of the tuned kernels (the training batch)")
+    parser.add_argument("--directions", default=",".join(DIRECTIONS), help="comma-separated kernel directions")
+    parser.add_argument("--layers", default="", help="comma-separated layer names (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random masks and of the search")
     parser.add_argument("--retune", action="store_true", help="search again even where the database has a record")
     return parser.parse_args(argv)
+
+
+def _check_args(args: argparse.Namespace) -> tuple[list[ConvLayer], list[str]]:
+    """The layers and directions to tune; ValueError (or a devices error) names a bad argument."""
+    from devices.targets import get_target  # noqa: PLC0415
+
+    if not 0.0 < args.density <= 1.0:
+        raise ValueError(f"--density {args.density:g} is outside (0, 1]")
+    for flag, value, least in (("--trials", args.trials, 0), ("--batch", args.batch, 1), ("--image-size", args.image_size, 4)):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, not {value}")
+    directions = [d.strip() for d in args.directions.split(",") if d.strip()]
+    if not directions or any(d not in DIRECTIONS for d in directions):
+        raise ValueError(f"--directions takes some of {', '.join(DIRECTIONS)}, not {args.directions!r}")
+    get_target(args.target)
+    return select_layers(args.model, args.layers, args.image_size), directions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,18 +344,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tqdm import tqdm  # noqa: PLC0415
 
+    from devices.errors import DeviceError  # noqa: PLC0415
     from devices.sessions import open_session  # noqa: PLC0415
 
-    directions = [d.strip() for d in args.directions.split(",") if d.strip()]
     try:
-        if any(d not in DIRECTIONS for d in directions):
-            raise ValueError(f"directions are {', '.join(DIRECTIONS)}")
-        layers = select_layers(args.model, args.layers)
-    except ValueError as err:
+        layers, directions = _check_args(args)
+        database = TuningDatabase(args.tune_db)
+    except (ValueError, DeviceError, TuningDatabaseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(num_threads())
-    database = TuningDatabase(args.db)
     ranker = KnobRanker(args.seed)
     results = []
     try:

@@ -1,8 +1,9 @@
 """The sparse 3x3 convolution layers of the CIFAR ResNets, as shapes (what the bench and tuner run).
 
 ``schedules/`` does not import the trainer's models; these tables mirror them (ResNet-32 with the
-reference's widths 32-64-128, ResNet-20 with 16-32-64, CIFAR 32x32 inputs) and are checked against
-nothing but this docstring, so keep them in step with ``mest/models/resnet.py``.
+reference's widths 32-64-128, ResNet-20 with 16-32-64, the tests' ``tiny`` with 8-12; CIFAR's 32x32
+inputs by default, the digits' 8x8 with ``image_size=8``) and are checked against nothing but this
+docstring, so keep them in step with ``mest/models/resnet.py``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ConvLayer:
         return (batch, self.in_channels, self.size, self.size)
 
 
-def _resnet_layers(widths: tuple[int, int, int], blocks: int, size: int = 32) -> list[ConvLayer]:
+def _resnet_layers(widths: tuple[int, ...], blocks: int, size: int = 32) -> list[ConvLayer]:
     layers = []
     previous = widths[0]
     for stage, width in enumerate(widths):
@@ -58,14 +59,16 @@ def _resnet_layers(widths: tuple[int, int, int], blocks: int, size: int = 32) ->
     return layers
 
 
-MODELS: dict[str, list[ConvLayer]] = {
-    "resnet32": _resnet_layers((32, 64, 128), 5),
-    "resnet20": _resnet_layers((16, 32, 64), 3),
+#: Stage widths and blocks per stage of each model.
+MODELS: dict[str, tuple[tuple[int, ...], int]] = {
+    "resnet32": ((32, 64, 128), 5),
+    "resnet20": ((16, 32, 64), 3),
+    "tiny": ((8, 12), 1),
 }
 
 
-def model_layers(model: str) -> list[ConvLayer]:
-    """Distinct sparse conv layers of ``model`` (``"resnet32"`` or ``"resnet20"``).
+def model_layers(model: str, image_size: int = 32) -> list[ConvLayer]:
+    """Distinct sparse conv layers of ``model`` (a name of :data:`MODELS`) on ``image_size`` inputs.
 
     Raises
     ------
@@ -74,10 +77,11 @@ def model_layers(model: str) -> list[ConvLayer]:
     """
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
-    return MODELS[model]
+    widths, blocks = MODELS[model]
+    return _resnet_layers(widths, blocks, image_size)
 
 
-def select_layers(model: str, names: str = "") -> list[ConvLayer]:
+def select_layers(model: str, names: str = "", image_size: int = 32) -> list[ConvLayer]:
     """The layers of ``model`` named in a comma-separated ``names`` (all of them when empty).
 
     Raises
@@ -86,7 +90,7 @@ def select_layers(model: str, names: str = "") -> list[ConvLayer]:
         For an unknown model, or when no layer has one of the names.
     """
     wanted = [name.strip() for name in names.split(",") if name.strip()]
-    layers = [layer for layer in model_layers(model) if not wanted or layer.name in wanted]
+    layers = [layer for layer in model_layers(model, image_size) if not wanted or layer.name in wanted]
     if not layers:
         raise ValueError(f"no layer of {model} is named {names!r}")
     return layers

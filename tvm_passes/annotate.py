@@ -26,7 +26,9 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .errors import MaskError
-from .sparse_conv import SCHEMES, SparseConvInfo, function_name, make_function
+from schedules.schemes import SCHEMES
+
+from .sparse_conv import SparseConvInfo, function_name, make_function
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class LayerMask:
     Attributes
     ----------
     scheme : str
-        One of :data:`tvm_passes.sparse_conv.SCHEMES`.
+        One of :data:`schedules.schemes.SCHEMES`.
     mask : numpy.ndarray
         Bool array of the parameter's shape, True where a weight is kept.
     """

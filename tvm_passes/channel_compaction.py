@@ -38,28 +38,29 @@ def _op_name(value) -> str:
     return ""
 
 
-def _uses(func: relax.Function) -> dict:
-    counts: dict = {}
+class _Consumers:
+    """Who reads each dataflow variable of ``main`` (``relax.analysis.udchain`` of every dataflow block).
 
-    def count(expr):
-        if isinstance(expr, relax.Var):
-            counts[expr] = counts.get(expr, 0) + 1
-        elif isinstance(expr, relax.Tuple):
-            for field in expr.fields:
-                count(field)
+    Only a ``DataflowVar`` can be known to have a sole consumer: its uses are all in its block. An
+    output variable may be read by later blocks or returned, so it never has one here.
+    """
 
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Call):
-                for arg in value.args:
-                    count(arg)
-            elif isinstance(value, relax.TupleGetItem):
-                count(value.tuple_value)
-            else:
-                count(value)
-    count(func.body.body)
-    return counts
+    def __init__(self, func: relax.Function):
+        self.values = relax.analysis.get_var2val(func)
+        self.users: dict = {}
+        for block in func.body.blocks:
+            if isinstance(block, relax.DataflowBlock):
+                self.users.update(relax.analysis.udchain(block))
+
+    def sole(self, var):
+        """The binding var of the one call that reads ``var``, once; None if there is no such call."""
+        users = list(self.users.get(var, ())) if isinstance(var, relax.DataflowVar) else []
+        if len(users) != 1:
+            return None
+        value = self.values.get(users[0])
+        if not isinstance(value, relax.Call) or sum(arg.same_as(var) for arg in value.args) != 1:
+            return None
+        return users[0]
 
 
 class _Plan:
@@ -73,14 +74,8 @@ class _Plan:
 
 
 def _make_plan(mod: tvm.IRModule, func: relax.Function) -> _Plan:
-    bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
-    uses = _uses(func)
-    users: dict = {}
-    for var, value in bindings.items():
-        if isinstance(value, relax.Call):
-            for arg in value.args:
-                if isinstance(arg, relax.Var):
-                    users.setdefault(arg, []).append(var)
+    consumers = _Consumers(func)
+    bindings = consumers.values
     plan = _Plan()
     for var, value in bindings.items():
         if not (isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.GlobalVar)):
@@ -94,17 +89,18 @@ def _make_plan(mod: tvm.IRModule, func: relax.Function) -> _Plan:
         pruned = np.setdiff1d(np.arange(mask.shape[0]), kept)
         zero_at = np.zeros(len(pruned))
         cur, bias_var = var, None
-        if uses.get(cur) == 1 and len(users.get(cur, ())) == 1:
-            nxt = users[cur][0]
+        nxt = consumers.sole(cur)
+        if nxt is not None:
             nval = bindings[nxt]
             bias = const_value(nval.args[1]) if _op_name(nval) == "relax.add" else None
             if bias is not None and nval.args[0].same_as(cur) and bias.shape == (1, mask.shape[0], 1, 1):
                 zero_at = bias.reshape(-1)[pruned]
                 cur, bias_var = nxt, nxt
-        if uses.get(cur) == 1 and len(users.get(cur, ())) == 1 and _op_name(bindings[users[cur][0]]) == "relax.nn.relu":
-            cur = users[cur][0]
+        nxt = consumers.sole(cur)
+        if nxt is not None and _op_name(bindings[nxt]) == "relax.nn.relu":
+            cur = nxt
             zero_at = np.maximum(zero_at, 0.0)
-        consumer = users[cur][0] if uses.get(cur) == 1 and len(users.get(cur, ())) == 1 else None
+        consumer = consumers.sole(cur)
         if consumer is not None and len(kept) and not np.any(zero_at) and _is_conv_on(mod, bindings[consumer], cur):
             plan.in_slice[consumer] = kept
             if bias_var is not None:

@@ -8,9 +8,15 @@ What it does: an annotated convolution (see :mod:`tvm_passes.sparse_conv`) gets 
 
 - its density is above the crossover of its scheme for the target (:data:`tvm_passes.config.DENSE_CROSSOVER`):
   the sparse kernel would be slower than the dense conv;
-- no kernel of ``schedules`` takes its geometry: the sparse kernels are NCHW/OIHW float32 3x3 convs with
-  padding 1, stride 1 or 2, no dilation, no groups; block needs ``out_channels % 4 == 0``. Channel
-  compaction is a dense conv and takes any ungrouped NCHW conv.
+- no kernel of ``schedules`` takes its geometry: the kernels are NCHW/OIHW float32, ungrouped and
+  undilated (checked here), and each scheme's spec says which shapes, paddings and strides its kernel
+  takes (:meth:`schedules.schemes.base.SchemeSpec.kernel_refusal`: 3x3, padding 1, stride 1 or 2, and
+  block needs ``out_channels`` divisible by its block size; channel compaction is a dense conv and
+  takes any such conv).
+
+It records every annotated layer's decision (kernel and reason, by FQN) in the module attribute
+``mest.layers`` (:data:`LAYERS_ATTR`), which the report reads once the later passes have lowered the
+annotated functions away.
 
 It refuses nothing: every layer it cannot lower stays a correct dense conv.
 """
@@ -22,7 +28,12 @@ from collections.abc import Mapping
 import tvm
 from tvm import relax
 
+from schedules.schemes import get_spec
+
 from .sparse_conv import conv_of, info_of
+
+#: Module attribute: ``{fqn: {"kernel": ..., "reason": ...}}`` of every annotated layer.
+LAYERS_ATTR = "mest.layers"
 
 
 def _geometry_refusal(scheme: str, func: relax.Function) -> str:
@@ -34,15 +45,7 @@ def _geometry_refusal(scheme: str, func: relax.Function) -> str:
         return f"no {scheme} kernel for layout {attrs.data_layout}/{attrs.kernel_layout} {dtype}"
     if int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation):
         return f"no {scheme} kernel for grouped or dilated convolutions"
-    if scheme == "channel":
-        return ""
-    if weight_shape[2:] != [3, 3] or any(int(p) != 1 for p in attrs.padding):
-        return f"no {scheme} kernel for a {weight_shape[2]}x{weight_shape[3]} conv with padding {list(map(int, attrs.padding))}"
-    if sorted({int(s) for s in attrs.strides}) not in ([1], [2]):
-        return f"no {scheme} kernel for strides {list(map(int, attrs.strides))}"
-    if scheme == "block" and weight_shape[0] % 4:
-        return f"block kernel needs out_channels % 4 == 0, got {weight_shape[0]}"
-    return ""
+    return get_spec(scheme).kernel_refusal(weight_shape, attrs.padding, attrs.strides)
 
 
 @tvm.transform.module_pass(opt_level=0, name="mest.KeepDense")
@@ -62,9 +65,13 @@ class KeepDense:
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         """Apply the pass (see the module docstring)."""
         out = mod.clone()
+        decided = {}
         for gvar, func in mod.functions_items():
             info = info_of(func)
-            if info is None or info.kernel == "dense":
+            if info is None:
+                continue
+            if info.kernel == "dense":
+                decided[info.fqn] = {"kernel": "dense", "reason": info.reason}
                 continue
             reason = _geometry_refusal(info.scheme, func)
             limit = self.crossover.get(info.scheme, 0.0)
@@ -72,4 +79,5 @@ class KeepDense:
                 reason = f"density {info.density:.3f} above the {info.scheme} crossover {limit:.2f}: dense is faster"
             if reason:
                 out[gvar] = func.with_attrs({"mest.kernel": "dense", "mest.reason": reason})
-        return out
+            decided[info.fqn] = {"kernel": "dense" if reason else info.kernel, "reason": reason}
+        return out.with_attr(LAYERS_ATTR, decided)

@@ -3,7 +3,8 @@
 :class:`SchedulesKernels` adapts ``schedules`` to :class:`~tvm_passes.lower_sparse_conv.KernelSource`:
 formats come from :func:`schedules.formats.pack`, kernels from
 :func:`schedules.kernels.forward_primfunc`, and knobs from the sparse records of the tuning database
-(``schedules.database``, keyed by scheme, direction, shapes, stride, density bucket and target). With
+(:class:`schedules.database.TuningDatabase`, the same records training and ``schedules.tune`` use,
+keyed by scheme, direction, shapes, stride, density bucket and target). With
 :class:`SparseTuning` (trials > 0 and a session that measures for real), a kernel the database lacks
 is tuned first by ``schedules``' XGBoost-ranked knob search (:func:`schedules.tune.tune_kernel`) and
 the result is committed to the database, so the next compile finds it. Otherwise the defaults are
@@ -21,7 +22,7 @@ from tvm import tirx
 
 from schedules import kernels as sparse_kernels
 from schedules.cache import workload
-from schedules.database import TuningDatabase as SparseDatabase
+from schedules.database import TuningDatabase
 from schedules.errors import SparseFormatError, UnsupportedKernelError
 from schedules.formats import SparseFormat, pack
 from schedules.tune import KnobRanker, knob_space, tune_kernel
@@ -61,7 +62,7 @@ class SchedulesKernels:
         Tune what the database lacks before using it.
     """
 
-    def __init__(self, target: str, database: SparseDatabase | None = None, tuning: SparseTuning | None = None):
+    def __init__(self, target: str, database: TuningDatabase | None = None, tuning: SparseTuning | None = None):
         self.target = target
         self.database = database
         self.tuning = tuning if tuning is not None and tuning.trials > 0 else None

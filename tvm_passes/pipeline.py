@@ -1,19 +1,23 @@
 """The compile pipeline: a trained, masked PyTorch model becomes a built TVM module for a target.
 
-Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
+Phases 2-6 are one ``tvm.transform.Sequential`` of named phases (each a ``Sequential`` of passes), run
+under a ``PassContext`` with two instruments: :class:`PhaseLog` (times and announces each phase, and
+dumps its IR to ``dump_dir/NN_<phase>.py``) and TVM's ``PassTimingInstrument`` (every pass's time,
+:attr:`CompiledModel.pass_profile`). Phases:
 
 1. **import**: ``torch.export`` + ``from_exported_program``, parameters kept as inputs
    (:mod:`tvm_passes.importer`);
 2. **annotate**: masked convs marked by FQN (:class:`~tvm_passes.annotate.AnnotateSparsity`), then the
    parameters are bound as constants (masks of other parameters, e.g. channel-coupled BN, applied);
 3. **fold**: inference batch norms folded into the convs (:class:`~tvm_passes.fold_batch_norm.FoldBatchNorm`);
-4. **lower**: :class:`~tvm_passes.keep_dense.KeepDense` (per-target crossover table),
+4. **lower**: :class:`~tvm_passes.keep_dense.KeepDense` (per-target crossover table; it records every
+   layer's decision in the module attribute ``mest.layers``, which the report reads),
    :class:`~tvm_passes.channel_compaction.ChannelCompaction`, then
    :class:`~tvm_passes.lower_sparse_conv.LowerSparseConv` (scheme kernels of ``schedules``);
 5. **legalize + fuse** the remaining Relax operators (``LegalizeOps``, ``FoldConstant``, ``FuseOps``,
    ``FuseTIR``);
 6. **tuning database**: tune the dense operators missing from it if trials are asked for, apply it
-   (:mod:`tvm_passes.tuning`), and give the dense convs it lacks the default schedule
+   (:class:`~tvm_passes.tuning.ApplyTuningDatabase`), and give the dense convs it lacks the default schedule
    (:class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`);
 7. **build** for the target of the ``devices`` table.
 """
@@ -21,7 +25,7 @@ Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ import tvm
 from tvm import relax
 
 from devices.targets import get_target, tvm_target
+from schedules.database import TuningDatabase
 
 from .annotate import AnnotateSparsity, LayerMask
 from .channel_compaction import ChannelCompaction
@@ -43,8 +48,11 @@ from .keep_dense import KeepDense
 from .lower_sparse_conv import KernelSource, LowerSparseConv
 from .report import LayerReport, layer_reports
 from .schedule_dense_conv import ScheduleDenseConv
-from .sparse_conv import annotated_layers
-from .tuning import TuningDatabase
+from .tuning import ApplyTuningDatabase
+
+
+#: The phases of :func:`compile_model`, in order (the names of its report's ``phase_seconds``).
+PHASES = ("import", "annotate", "fold", "lower", "legalize and fuse", "tuning database", "build")
 
 
 @dataclass
@@ -67,6 +75,8 @@ class CompiledModel:
         Wall time of each phase.
     stored_arrays : dict[str, numpy.ndarray]
         The sparse layers' format buffers by ``<fqn>/<buffer>``, as embedded in the library.
+    pass_profile : str
+        Time of every pass inside the phases (TVM's ``PassTimingInstrument``).
     """
 
     executable: tvm.runtime.Executable
@@ -76,30 +86,57 @@ class CompiledModel:
     input_shape: tuple[int, ...]
     phase_seconds: dict[str, float] = field(default_factory=dict)
     stored_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    pass_profile: str = ""
 
 
-class _Phases:
-    """Runs numbered phases, timing them and dumping the IR after each."""
+@tvm.ir.instrument.pass_instrument
+class PhaseLog:
+    """Pass instrument of the pipeline's phases: times each, announces it, dumps its IR after it.
 
-    def __init__(self, dump_dir: Path | None, progress: Callable[[str], None] | None):
+    The phases are the named ``tvm.transform.Sequential`` of :func:`compile_model`; steps that are not
+    passes (the import, the build) go through :meth:`begin` and :meth:`end` directly, so every phase is
+    numbered, timed and dumped the same way (``dump_dir/NN_<phase>.py``). TVM's
+    ``PassTimingInstrument`` beside it profiles every pass inside the phases.
+
+    Parameters
+    ----------
+    phases : sequence of str
+        The names of the passes that are phases, in order.
+    dump_dir : Path, optional
+        Where the IR after each phase goes.
+    progress : callable, optional
+        Receives ``"phase N: <name>"`` as a phase starts.
+    """
+
+    def __init__(self, phases: Sequence[str], dump_dir: Path | None, progress: Callable[[str], None] | None):
+        self.phases = list(phases)
         self.dump_dir = dump_dir
         self.progress = progress
         self.seconds: dict[str, float] = {}
-        self.count = 0
+        self._started: dict[str, float] = {}
         if dump_dir is not None:
             dump_dir.mkdir(parents=True, exist_ok=True)
 
-    def run(self, name: str, step: Callable[[], Any]) -> Any:
-        self.count += 1
+    def begin(self, name: str) -> None:
+        """A phase starts."""
         if self.progress:
-            self.progress(f"phase {self.count}: {name}")
-        start = time.perf_counter()
-        result = step()
-        self.seconds[name] = time.perf_counter() - start
-        mod = getattr(result, "mod", result)
+            self.progress(f"phase {self.phases.index(name) + 1}: {name}")
+        self._started[name] = time.perf_counter()
+
+    def end(self, name: str, mod: Any) -> None:
+        """A phase ended with ``mod`` (dumped when it is an IRModule)."""
+        self.seconds[name] = time.perf_counter() - self._started.pop(name)
         if self.dump_dir is not None and isinstance(mod, tvm.IRModule):
-            (self.dump_dir / f"{self.count:02d}_{name.replace(' ', '_')}.py").write_text(mod.script(show_meta=False))
-        return result
+            number = self.phases.index(name) + 1
+            (self.dump_dir / f"{number:02d}_{name.replace(' ', '_')}.py").write_text(mod.script(show_meta=False))
+
+    def run_before_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
+        if info.name in self.phases:
+            self.begin(info.name)
+
+    def run_after_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
+        if info.name in self.phases:
+            self.end(info.name, mod)
 
 
 def _layer_masks(masks: Mapping[str, torch.Tensor], schemes: Mapping[str, str]) -> dict[str, LayerMask]:
@@ -156,13 +193,13 @@ def compile_model(
         Options; adjusted to the target with :meth:`CompileConfig.update`.
     kernels : KernelSource
         Source of the sparse kernels (:class:`tvm_passes.kernels.SchedulesKernels`).
-    database : TuningDatabase, optional
-        Tuning database of the dense operators (none: untuned dense operators).
+    database : schedules.database.TuningDatabase, optional
+        Tuning database whose dense records are applied (none: untuned dense operators).
     tuning_runner : meta_schedule Runner or "local", optional
         Where MetaSchedule measures the dense candidates when ``config.tune_trials`` > 0 (none: no
         dense tuning, the database is only applied).
     dump_dir : str or Path, optional
-        Directory receiving the IR after each phase.
+        Directory receiving the IR after each phase (see :class:`PhaseLog`).
     progress : callable, optional
         Called with a one-line message at the start of each phase.
 
@@ -173,70 +210,53 @@ def compile_model(
     spec = get_target(config.target)
     config = config.update(spec)
     target = tvm_target(spec)
-    phases = _Phases(Path(dump_dir) if dump_dir is not None else None, progress)
     layers = _layer_masks(masks, schemes)
+    trials = config.tune_trials if tuning_runner is not None else 0
+    log = PhaseLog(PHASES, Path(dump_dir) if dump_dir is not None else None, progress)
+    timing = tvm.ir.instrument.PassTimingInstrument()
 
     # Phase 1: import, parameters as inputs so that their names still lead to FQNs.
-    imported = phases.run("import", lambda: import_model(model, input_shape))
-    mod = imported.mod
-
-    # Phase 2: annotate masked convs by FQN, then bind the (masked) parameters as constants.
-    def annotate():
-        annotated = AnnotateSparsity(layers, imported.param_fqns)(mod)
-        return relax.transform.BindParams("main", _bound_params(imported, masks))(annotated)
-
-    mod = phases.run("annotate", annotate)
-
-    # Phase 3: fold inference batch norms into the (plain or annotated) convs.
-    mod = phases.run("fold", lambda: FoldBatchNorm()(mod))
-
-    # Phase 4: keep dense what sparse would not speed up, compact channel layers, lower the rest.
-    decided = {}
-
-    def lower():
-        kept = KeepDense(config.crossover)(mod)
-        decided.update(annotated_layers(kept))
-        compacted = ChannelCompaction()(kept)
-        return LowerSparseConv(kernels)(compacted)
-
-    mod = phases.run("lower", lower)
-    reports, stored = layer_reports(mod, decided, layers)
-
-    # Phase 5: legalize and fuse the remaining operators (sparse kernels are opaque and stay alone).
-    mod = phases.run(
-        "legalize and fuse",
-        lambda: tvm.transform.Sequential(
-            [
-                relax.transform.LegalizeOps(),
-                relax.transform.AnnotateTIROpPattern(),
-                relax.transform.FoldConstant(),
-                relax.transform.FuseOps(),
-                relax.transform.FuseTIR(),
-            ]
-        )(mod),
-    )
-
-    # Phase 6: tuning database for the dense operators (tune what it lacks if asked, then apply);
-    # the dense convs it has no record for get the default schedule.
-    def tuned():
-        applied = mod
-        if database is not None:
-            trials = config.tune_trials if tuning_runner is not None else 0
-            applied = database.tune_and_apply(mod, target, config.target, trials, progress, tuning_runner or "local")
-        return ScheduleDenseConv()(applied)
-
-    mod = phases.run("tuning database", tuned)
+    log.begin("import")
+    imported = import_model(model, input_shape)
+    log.end("import", imported.mod)
+    phases = tvm.transform.Sequential([
+        # Phase 2: annotate masked convs by FQN, then bind the (masked) parameters as constants.
+        tvm.transform.Sequential([AnnotateSparsity(layers, imported.param_fqns),
+                                  relax.transform.BindParams("main", _bound_params(imported, masks))], name="annotate"),
+        # Phase 3: fold inference batch norms into the (plain or annotated) convs.
+        tvm.transform.Sequential([FoldBatchNorm()], name="fold"),
+        # Phase 4: keep dense what sparse would not speed up (recording every layer's decision for the
+        # report), compact channel layers, lower the rest to the kernels of schedules.
+        tvm.transform.Sequential([KeepDense(config.crossover), ChannelCompaction(), LowerSparseConv(kernels)],
+                                 name="lower"),
+        # Phase 5: legalize and fuse the remaining operators (sparse kernels are opaque and stay alone).
+        tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                  relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()],
+                                 name="legalize and fuse"),
+        # Phase 6: tuning database for the dense operators (tune what it lacks if asked, then apply);
+        # the dense convs it has no record for get the default schedule.
+        tvm.transform.Sequential(
+            [ApplyTuningDatabase(database, target, config.target, trials, progress, tuning_runner or "local")
+             if database is not None else tvm.transform.Sequential([]), ScheduleDenseConv()], name="tuning database"),
+    ], name="mest.compile")
+    with tvm.transform.PassContext(opt_level=2, instruments=[timing, log]):
+        mod = phases(imported.mod)
+        profile = timing.render()
+    reports, stored = layer_reports(mod, layers)
 
     # Phase 7: build for the target.
-    executable = phases.run("build", lambda: tvm.compile(mod, target))
+    log.begin("build")
+    executable = tvm.compile(mod, target)
+    log.end("build", None)
     return CompiledModel(
         executable=executable,
         mod=mod,
         layers=reports,
         config=config,
         input_shape=tuple(input_shape),
-        phase_seconds=phases.seconds,
+        phase_seconds=log.seconds,
         stored_arrays=stored,
+        pass_profile=profile,
     )
 
 

@@ -1,7 +1,7 @@
 """Per-layer report of a compilation: scheme, density, kernel, bytes dense vs stored, time.
 
-Built from the IR itself: the annotations after ``KeepDense`` say what each layer became, the sparse
-kernels added by ``LowerSparseConv`` carry their bytes and knobs as attributes.
+Built from the IR itself: the ``mest.layers`` attribute ``KeepDense`` sets on the module says what each
+layer became, the sparse kernels added by ``LowerSparseConv`` carry their bytes and knobs as attributes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import tvm
 from tvm import relax, tirx
 
 from .annotate import LayerMask
-from .sparse_conv import SparseConvInfo, const_value
+from .keep_dense import LAYERS_ATTR
+from .sparse_conv import const_value
 
 _FLOAT_BYTES = 4
 
@@ -81,17 +82,15 @@ def kernel_arguments(mod: tvm.IRModule, gvar: tvm.ir.GlobalVar) -> list[np.ndarr
     return []
 
 
-def layer_reports(
-    mod: tvm.IRModule, decided: Mapping[str, SparseConvInfo], layers: Mapping[str, LayerMask]
-) -> tuple[list[LayerReport], dict[str, np.ndarray]]:
-    """Report of every masked layer after the lowering phase.
+def layer_reports(mod: tvm.IRModule, layers: Mapping[str, LayerMask]) -> tuple[list[LayerReport], dict[str, np.ndarray]]:
+    """Report of every masked layer of a lowered module.
 
     Parameters
     ----------
     mod : tvm.IRModule
-        The module after ``LowerSparseConv``.
-    decided : Mapping[str, SparseConvInfo]
-        Annotations after ``KeepDense``, by FQN.
+        The module after ``LowerSparseConv`` (or any later phase): its ``mest.layers`` attribute (set by
+        ``KeepDense``) says what each annotated layer became, its sparse kernels carry their bytes
+        and knobs, and the calls of ``main`` hold their format buffers.
     layers : Mapping[str, LayerMask]
         Masks and schemes given to the compiler, by FQN.
 
@@ -101,24 +100,25 @@ def layer_reports(
         The reports, and the sparse layers' stored buffers by ``<fqn>/<buffer name>``.
     """
     kernels = sparse_kernels(mod)
+    decided = mod.attrs[LAYERS_ATTR] if mod.attrs is not None and LAYERS_ATTR in mod.attrs else {}
     reports, stored = [], {}
     for fqn, layer in layers.items():
         shape = [int(d) for d in layer.mask.shape]
         dense = int(np.prod(shape)) * _FLOAT_BYTES
-        info = decided.get(fqn)
         report = LayerReport(fqn, layer.scheme, round(layer.density, 4), "dense", "", shape, dense, dense)
-        if info is None:
+        kernel = str(decided[fqn]["kernel"]) if fqn in decided else None
+        if kernel is None:
             report.reason = "not a conv2d weight: no sparse kernel, runs dense"
-        elif info.kernel == "dense":
-            report.reason = info.reason
-        elif info.kernel == "channel":
+        elif kernel == "dense":
+            report.reason = str(decided[fqn]["reason"])
+        elif kernel == "channel":
             kept = int(layer.mask.reshape(shape[0], -1).any(axis=1).sum())
             report.kernel = "channel"
             report.reason = f"dense conv on {kept} of {shape[0]} filters"
             report.bytes_stored = kept * int(np.prod(shape[1:])) * _FLOAT_BYTES
         elif fqn in kernels:
             gvar, prim = kernels[fqn]
-            report.kernel = info.kernel
+            report.kernel = kernel
             report.reason = f"{gvar.name_hint} ({prim.attrs['mest.knobs']})"
             report.bytes_stored = int(prim.attrs["mest.bytes_stored"])
             names = [str(p.name) for p in prim.params[1:-1]]

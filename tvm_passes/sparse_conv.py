@@ -26,13 +26,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from schedules.formats import SCHEMES as FORMAT_SCHEMES
-
 #: Value of the ``Composite`` attribute of an annotated sparse convolution.
 COMPOSITE = "mest.sparse_conv2d"
-
-#: Schemes the passes know: those of ``schedules.formats`` (re-exported here for the passes).
-SCHEMES = FORMAT_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -131,13 +126,3 @@ def const_value(expr) -> np.ndarray | None:
     if isinstance(expr, tvm.ir.expr.Constant):
         return expr.value.numpy()
     return None
-
-
-def annotated_layers(mod: tvm.IRModule) -> dict[str, SparseConvInfo]:
-    """Annotations of every annotated convolution of ``mod``, keyed by FQN."""
-    found = {}
-    for _, func in mod.functions_items():
-        info = info_of(func)
-        if info is not None:
-            found[info.fqn] = info
-    return found

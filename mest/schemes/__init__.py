@@ -1,4 +1,5 @@
-"""The four sparsity schemes of MEST, one per file, looked up by name."""
+"""The four sparsity schemes of MEST, one per file: each extends its spec of :mod:`schedules.schemes`
+(unit, valid weights, format) with scoring, prune and grow; looked up by name."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """What every sparsity scheme shares: the unit-level top-k prune and the random grow.
 
-A scheme sees a conv weight as a grid of *units* (an element, a 4x1 block, a 3x3 kernel, a whole
-output filter) laid out as ``[rows, units_per_row]``. Pruning keeps the best-scored active units and
+A scheme of ``mest`` extends the scheme's spec of ``schedules`` (:mod:`schedules.schemes`: its unit,
+which weights it takes, its format) with scoring, prune and grow. It sees a conv weight as a grid of
+*units* (an element, a 4x1 block, a 3x3 kernel, a whole output filter) laid out as
+``[rows, units_per_row]``. Pruning keeps the best-scored active units and
 growing re-opens random inactive ones; both work row by row so that a scheme can ask for the same
 count in every row (the pattern scheme's filter balance) or treat the whole layer as one row.
 """
@@ -10,10 +12,12 @@ from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
+from fractions import Fraction
 
 import torch
 
 from mest.errors import SchemeError
+from schedules.schemes.base import SchemeSpec
 
 
 def check_density(density: float) -> None:
@@ -85,18 +89,27 @@ def derived_generator(seed: int, epoch: int, name: str) -> torch.Generator:
 
 
 class Scheme(ABC):
-    """A sparsity scheme: its unit, its prune-to-density and its grow-to-density.
+    """A sparsity scheme: its spec (unit, valid weights), its prune-to-density and its grow-to-density.
 
     ``prune`` keeps the best units of the current mask (by the aggregated importance score) until the
     layer's density is ``density``; ``grow`` re-opens random empty units until it is ``density``.
     Grown weights are left for the caller to zero (they are outside the old mask, so already zero).
     """
 
-    name: str
+    spec: SchemeSpec
+    #: Whether a pruned unit takes the BatchNorm channel after it along (whole output filters).
+    masks_batch_norm: bool = False
 
-    @abstractmethod
+    @property
+    def name(self) -> str:
+        """The scheme's name (its spec's)."""
+        return self.spec.name
+
     def validate(self, weight_shape: torch.Size) -> None:
         """Raise :class:`SchemeError` when the scheme cannot take a weight of this shape."""
+        refusal = self.spec.weight_refusal(weight_shape)
+        if refusal:
+            raise SchemeError(refusal)
 
     @abstractmethod
     def prune(self, score: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
@@ -110,9 +123,7 @@ class Scheme(ABC):
         """Validate the shape and the density together."""
         check_density(density)
         self.validate(weight_shape)
-
-
-def require_conv_weight(name: str, weight_shape: torch.Size) -> None:
-    """Raise unless ``weight_shape`` is a 4-d conv weight ``[out, in, kh, kw]``."""
-    if len(weight_shape) != 4:
-        raise SchemeError(f"{name} sparsity needs a 4-d conv weight, got shape {tuple(weight_shape)}")
+        if density > self.spec.max_density + 1e-9:
+            most = Fraction(self.spec.max_density).limit_denominator(16)
+            raise SchemeError(f"{self.name} sparsity keeps at most {most.numerator} of {most.denominator} weights: "
+                              f"sparsity {1 - density:g} is below {1 - self.spec.max_density:.4f}")

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from mest.schemes.base import Scheme, grow_random_units, keep_top_units, require_conv_weight
+from mest.schemes.base import Scheme, grow_random_units, keep_top_units
+from schedules.schemes.channel import CHANNEL
 
 
 class ChannelScheme(Scheme):
     """Top-k output filters by the L2 norm of their scores; random growth of whole filters."""
 
-    name = "channel"
-
-    def validate(self, weight_shape: torch.Size) -> None:
-        require_conv_weight(self.name, weight_shape)
+    spec = CHANNEL
+    masks_batch_norm = True
 
     def prune(self, score: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
         self.check(mask.shape, density)

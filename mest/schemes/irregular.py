@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from mest.errors import SchemeError
 from mest.schemes.base import Scheme, grow_random_units, keep_top_units
+from schedules.schemes.irregular import IRREGULAR
 
 
 class IrregularScheme(Scheme):
     """Per-element top-k of the importance score; growth of single random elements."""
 
-    name = "irregular"
-
-    def validate(self, weight_shape: torch.Size) -> None:
-        if len(weight_shape) < 2:
-            raise SchemeError(f"irregular sparsity needs a weight of rank >= 2, got {tuple(weight_shape)}")
+    spec = IRREGULAR
 
     def prune(self, score: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
         self.check(mask.shape, density)

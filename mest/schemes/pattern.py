@@ -1,7 +1,7 @@
 """Pattern + connectivity sparsity ("pattern+filter_balance" of the reference), 3x3 convs only.
 
 1. Pattern: every kept 3x3 kernel keeps 4 of its 9 weights in one of the 8 shapes of
-   :data:`schedules.patterns.PATTERN_SHAPES`, the one whose positions carry the largest L2 score.
+   :data:`schedules.schemes.pattern.PATTERN_SHAPES`, the one whose positions carry the largest L2 score.
 2. Connectivity: every output filter keeps the same number of whole kernels (largest L2 first), so
    every filter does the same work.
 Overall density = kept-kernel fraction x 4/9, taken as given (the reference converts it twice, so its
@@ -14,15 +14,8 @@ from __future__ import annotations
 import torch
 
 from mest.errors import SchemeError
-from mest.schemes.base import Scheme, grow_random_units, keep_top_units, require_conv_weight
-from schedules.patterns import NUM_PATTERNS, PATTERN_SHAPES, WEIGHTS_PER_PATTERN, pattern_ids
-
-MAX_DENSITY = WEIGHTS_PER_PATTERN / 9
-
-
-def kernels_per_filter(in_channels: int, density: float) -> int:
-    """Kernels each filter keeps so that the layer's density is ``density`` (at least one)."""
-    return max(1, round(density * 9 * in_channels / WEIGHTS_PER_PATTERN))
+from mest.schemes.base import Scheme, grow_random_units, keep_top_units
+from schedules.schemes.pattern import NUM_PATTERNS, PATTERN, PATTERN_SHAPES, kernels_per_filter, pattern_ids
 
 
 def _kernel_masks(pattern: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -33,19 +26,7 @@ def _kernel_masks(pattern: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 class PatternScheme(Scheme):
     """Best-of-8 kernel patterns plus filter-balanced connectivity pruning."""
 
-    name = "pattern"
-
-    def validate(self, weight_shape: torch.Size) -> None:
-        require_conv_weight(self.name, weight_shape)
-        if tuple(weight_shape[2:]) != (3, 3):
-            raise SchemeError(f"pattern sparsity needs a 3x3 conv, got kernel {tuple(weight_shape[2:])}")
-
-    def check(self, weight_shape: torch.Size, density: float) -> None:
-        super().check(weight_shape, density)
-        if density > MAX_DENSITY + 1e-9:
-            raise SchemeError(
-                f"pattern sparsity keeps at most 4 of 9 weights: sparsity {1 - density:g} is below {1 - MAX_DENSITY:.4f}"
-            )
+    spec = PATTERN
 
     def prune(self, score: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
         self.check(mask.shape, density)

@@ -15,8 +15,7 @@ from __future__ import annotations
 from tvm import tirx
 
 from schedules.errors import UnsupportedKernelError
-from schedules.formats import SparseFormat
-from schedules.kernels.entries import entries
+from schedules.sparse_format import SparseFormat
 from schedules.kernels.gather_conv import gather_conv
 from schedules.kernels.knobs import Knobs
 from schedules.kernels.sampled_grad import sampled_grad
@@ -63,7 +62,7 @@ def forward_primfunc(fmt: SparseFormat, x_shape: tuple[int, int, int, int], stri
         ``(x, *fmt.buffers("forward"), y)``, scheduled.
     """
     y_shape = output_shape(fmt, x_shape, stride)
-    walk = entries(fmt, "forward")
+    walk = fmt.entries("forward")
     scratch = scratch_for("forward", stride, x_shape[1], x_shape[2], x_shape[3])
     return gather_conv(walk, tuple(x_shape), y_shape, scratch, knobs, f"{fmt.scheme}_forward")
 
@@ -88,7 +87,7 @@ def grad_input_primfunc(fmt: SparseFormat, x_shape: tuple[int, int, int, int], s
         ``(dy, *fmt.buffers("grad_input"), dx)``, scheduled.
     """
     y_shape = output_shape(fmt, x_shape, stride)
-    walk = entries(fmt, "grad_input")
+    walk = fmt.entries("grad_input")
     scratch = scratch_for("grad_input", stride, y_shape[1], x_shape[2], x_shape[3])
     return gather_conv(walk, y_shape, tuple(x_shape), scratch, knobs, f"{fmt.scheme}_grad_input", parity=stride == 2)
 
@@ -114,7 +113,7 @@ def grad_weight_primfunc(fmt: SparseFormat, x_shape: tuple[int, int, int, int], 
         slots (0 at padding slots that belong to no row), scheduled.
     """
     y_shape = output_shape(fmt, x_shape, stride)
-    walk = entries(fmt, "grad_weight")
+    walk = fmt.entries("grad_weight")
     scratch = scratch_for("grad_weight", stride, x_shape[1], x_shape[2], x_shape[3])
     return sampled_grad(walk, tuple(x_shape), y_shape, fmt.capacity, scratch, knobs, f"{fmt.scheme}_grad_weight")
 

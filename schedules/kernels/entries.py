@@ -5,7 +5,9 @@ input channels); each row owns a range of *entries*; an entry reads one source c
 3x3 positions (1, or 4 for a pattern kernel) and feeds ``group`` output channels (1, or 4 for a
 block). :class:`Entries` gives those quantities as TIR expressions of the runtime index buffers, so
 the templates of :mod:`schedules.kernels.gather_conv` and :mod:`schedules.kernels.sampled_grad` are
-written once for every scheme. Only shapes and dtypes of the buffers shape the code; their contents
+written once for every scheme. Each scheme's format builds its own walk
+(:meth:`schedules.sparse_format.SparseFormat.entries`, in its file under :mod:`schedules.schemes`) from
+the helpers here; the grad-input walk of the transposed structure is the same for all of them. Only shapes and dtypes of the buffers shape the code; their contents
 are runtime data.
 """
 
@@ -19,8 +21,7 @@ import torch
 import tvm
 from tvm import tirx
 
-from schedules.errors import UnsupportedKernelError
-from schedules.formats import KERNEL_TAPS, SparseFormat
+from schedules.sparse_format import KERNEL_TAPS, PARITY_CLASSES, SparseFormat
 
 Buffers = dict[str, tirx.Buffer]
 Expr = tvm.ir.expr.Expr
@@ -74,11 +75,13 @@ class Entries:
     class_range: Callable[[Buffers, Expr, int], tuple[Expr, Expr]] | None = None
 
 
-def _i32(expr: Expr) -> Expr:
+def i32(expr: Expr) -> Expr:
+    """``expr`` as int32 (index buffers are uint8, uint16 or int32)."""
     return expr.astype("int32")
 
 
-def _specs(fmt: SparseFormat, direction: str) -> tuple[BufferSpec, ...]:
+def buffer_specs(fmt: SparseFormat, direction: str) -> tuple[BufferSpec, ...]:
+    """The specs of ``fmt.buffers(direction)``, in argument order."""
     specs = []
     for name, array in fmt.buffers(direction).items():
         dtype = "float32" if isinstance(array, torch.Tensor) else str(np.dtype(array.dtype))
@@ -86,105 +89,47 @@ def _specs(fmt: SparseFormat, direction: str) -> tuple[BufferSpec, ...]:
     return tuple(specs)
 
 
-def _csr(ptr: str) -> Callable[[Buffers, Expr], tuple[Expr, Expr]]:
-    return lambda b, row: (_i32(b[ptr][row]), _i32(b[ptr][row + 1]))
+def csr_range(ptr: str) -> Callable[[Buffers, Expr], tuple[Expr, Expr]]:
+    """``row_range`` of a CSR walk whose row pointer is the buffer ``ptr``."""
+    return lambda b, row: (i32(b[ptr][row]), i32(b[ptr][row + 1]))
 
 
-def _transposed_positions(fmt: SparseFormat, direction: str) -> Entries:
+def transposed_walk(fmt: SparseFormat, direction: str) -> Entries:
+    """The grad-input walk: CSR over input channels of the ``t_*`` arrays (one weight per entry)."""
     out_channels, in_channels = fmt.weight_shape[:2]
     return Entries(
-        params=_specs(fmt, direction),
+        params=buffer_specs(fmt, direction),
         rows=in_channels,
         group=1,
         taps=1,
         count=len(fmt.indices["t_positions"]),
         src_channels=out_channels,
-        row_range=lambda b, row: (_i32(b["t_row_ptr"][4 * row]), _i32(b["t_row_ptr"][4 * row + 4])),
-        channel=lambda b, e: _i32(b["t_positions"][e]) // KERNEL_TAPS,
-        tap=lambda b, e, t: _i32(b["t_positions"][e]) % KERNEL_TAPS,
-        value_slot=lambda b, e, t, g: _i32(b["t_perm"][e]),
-        class_range=lambda b, row, c: (_i32(b["t_row_ptr"][4 * row + c]), _i32(b["t_row_ptr"][4 * row + c + 1])),
+        row_range=lambda b, row: (i32(b["t_row_ptr"][PARITY_CLASSES * row]),
+                                  i32(b["t_row_ptr"][PARITY_CLASSES * row + PARITY_CLASSES])),
+        channel=lambda b, e: i32(b["t_positions"][e]) // KERNEL_TAPS,
+        tap=lambda b, e, t: i32(b["t_positions"][e]) % KERNEL_TAPS,
+        value_slot=lambda b, e, t, g: i32(b["t_perm"][e]),
+        class_range=lambda b, row, c: (i32(b["t_row_ptr"][PARITY_CLASSES * row + c]),
+                                       i32(b["t_row_ptr"][PARITY_CLASSES * row + c + 1])),
     )
 
 
-def _irregular(fmt: SparseFormat, direction: str) -> Entries:
-    if direction == "grad_input":
-        return _transposed_positions(fmt, direction)
-    out_channels, in_channels = fmt.weight_shape[:2]
-    return Entries(
-        params=_specs(fmt, direction),
-        rows=out_channels,
-        group=1,
-        taps=1,
-        count=len(fmt.indices["positions"]),
-        src_channels=in_channels,
-        row_range=_csr("row_ptr"),
-        channel=lambda b, e: _i32(b["positions"][e]) // KERNEL_TAPS,
-        tap=lambda b, e, t: _i32(b["positions"][e]) % KERNEL_TAPS,
-        value_slot=lambda b, e, t, g: e,
-    )
+def position_walk(fmt: SparseFormat, direction: str, ptr: str, group: int) -> Entries:
+    """The walk of a CSR of ``positions = i*9 + tap`` over groups of ``group`` output filters.
 
-
-def _block(fmt: SparseFormat, direction: str) -> Entries:
-    if direction == "grad_input":
-        return _transposed_positions(fmt, direction)
-    out_channels, in_channels = fmt.weight_shape[:2]
-    return Entries(
-        params=_specs(fmt, direction),
-        rows=out_channels // 4,
-        group=4,
-        taps=1,
-        count=len(fmt.indices["positions"]),
-        src_channels=in_channels,
-        row_range=_csr("block_ptr"),
-        channel=lambda b, e: _i32(b["positions"][e]) // KERNEL_TAPS,
-        tap=lambda b, e, t: _i32(b["positions"][e]) % KERNEL_TAPS,
-        value_slot=lambda b, e, t, g: e * 4 + g,
-    )
-
-
-def _pattern(fmt: SparseFormat, direction: str) -> Entries:
-    if direction == "grad_input":
-        return _transposed_positions(fmt, direction)
-    out_channels, in_channels = fmt.weight_shape[:2]
-    per_filter = fmt.kernels_per_filter
-    return Entries(
-        params=_specs(fmt, direction),
-        rows=out_channels,
-        group=1,
-        taps=4,
-        count=len(fmt.indices["channels"]),
-        src_channels=in_channels,
-        row_range=lambda b, row: (row * per_filter, row * per_filter + per_filter),
-        channel=lambda b, e: _i32(b["channels"][e]),
-        tap=lambda b, e, t: _i32(b["taps"][_i32(b["pattern_ids"][e]), t]),
-        value_slot=lambda b, e, t, g: e * 4 + t,
-    )
-
-
-_WALKERS = {"irregular": _irregular, "block": _block, "pattern": _pattern}
-
-
-def entries(fmt: SparseFormat, direction: str) -> Entries:
-    """The non-zero walk of ``fmt`` for ``direction``.
-
-    Parameters
-    ----------
-    fmt : SparseFormat
-        A packed format (only its shapes and dtypes are used).
-    direction : str
-        ``"forward"``, ``"grad_input"`` or ``"grad_weight"`` (which walks the forward structure).
-
-    Returns
-    -------
-    Entries
-        The walk.
-
-    Raises
-    ------
-    UnsupportedKernelError
-        For the channel scheme, which runs PyTorch's dense conv on the compacted weight.
+    Entry ``e`` feeds the ``group`` filters of its row from value slots ``e*group .. e*group+group-1``
+    (irregular: groups of 1 filter; block: the 4 filters of a block).
     """
-    if fmt.scheme not in _WALKERS:
-        raise UnsupportedKernelError(f"scheme {fmt.scheme!r} has no TVM kernel; it runs PyTorch's dense conv on the compacted weight")
-    return _WALKERS[fmt.scheme](fmt, direction)
+    out_channels, in_channels = fmt.weight_shape[:2]
+    return Entries(
+        params=buffer_specs(fmt, direction),
+        rows=out_channels // group,
+        group=group,
+        taps=1,
+        count=len(fmt.indices["positions"]),
+        src_channels=in_channels,
+        row_range=csr_range(ptr),
+        channel=lambda b, e: i32(b["positions"][e]) // KERNEL_TAPS,
+        tap=lambda b, e, t: i32(b["positions"][e]) % KERNEL_TAPS,
+        value_slot=lambda b, e, t, g: e * group + g,
+    )

@@ -54,8 +54,21 @@ class Knobs:
 
     @classmethod
     def from_json(cls, record: dict) -> "Knobs":
-        """Inverse of :meth:`to_json`."""
-        return cls(**{name: record[name] for name in asdict(cls()) if name in record})
+        """Inverse of :meth:`to_json`.
+
+        Raises
+        ------
+        TypeError, ValueError
+            When ``record`` is not a dict of knobs (``tile_outer`` a bool, the others counts).
+        """
+        if not isinstance(record, dict):
+            raise TypeError(f"knobs must be a JSON object, not {type(record).__name__}")
+        knobs = {name: record[name] for name in asdict(cls()) if name in record}
+        for name, value in knobs.items():
+            wanted = bool if name == "tile_outer" else int
+            if not isinstance(value, wanted) or (wanted is int and (isinstance(value, bool) or value < 0)):
+                raise ValueError(f"knob {name}={value!r} is not a {'bool' if wanted is bool else 'count'}")
+        return cls(**knobs)
 
 
 def _divisors(value: int) -> list[int]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +40,16 @@ def trained_run(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    """A private cache directory (default tuning database) for one test."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    """A private cache (default tuning database, built kernels) for one test; the ARM tests keep the
+    shared one, where the aarch64 runtime and the armv7 kernel runner are built once, and pass --tune-db."""
+    monkeypatch.setenv("MEST_TVM_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
 def test_x86_compile_writes_library_params_and_report(trained_run, tmp_path, cache):
     out = tmp_path / "x86"
     result = _run("-m", "mest.compile", str(trained_run), "--target", "x86", "--out", str(out),
-                  env_extra={"XDG_CACHE_HOME": str(cache)})
+                  env_extra={"MEST_TVM_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert {p.name for p in out.iterdir()} == {"model.so", "params.npz", "report.json"}
@@ -60,31 +62,31 @@ def test_x86_compile_writes_library_params_and_report(trained_run, tmp_path, cac
         assert layer["kernel"] == "irregular" and layer["bytes_stored"] < layer["bytes_dense"]
         assert layer["time_ms"] > 0
     assert "irregular" in result.stdout and "bytes stored" in result.stdout
-    assert (cache / "mest-tvm" / "tune-db" / "meta.json").is_file()
+    assert (cache / "tune-db" / "meta.json").is_file()
     with np.load(out / "params.npz") as params:
         assert any(name.endswith("/values") for name in params.files)
 
 
-def test_arm_library_runs_under_the_emulator_by_default(trained_run, tmp_path, cache):
+def test_arm_library_runs_under_the_emulator_by_default(trained_run, tmp_path):
     try:
         get_target("arm64").require_tools(need_qemu=True)
     except ToolchainMissingError as err:
         pytest.skip(str(err))
     out = tmp_path / "arm"
-    assert main([str(trained_run), "--target", "arm", "--out", str(out)]) == 0
+    assert main([str(trained_run), "--target", "arm", "--out", str(out), "--tune-db", str(tmp_path / "db")]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["target"] == "arm64" and report["session"] == "emulator" and "emulator" in report["check"]
     assert all(layer["time_ms"] is None for layer in report["layers"])  # emulated: no speed
     assert (out / "model.so").read_bytes()[:4] == b"\x7fELF"
 
 
-def test_armv7_kernels_run_under_the_emulator(trained_run, tmp_path, cache):
+def test_armv7_kernels_run_under_the_emulator(trained_run, tmp_path):
     try:
         get_target("armv7").require_tools(need_qemu=True)
     except ToolchainMissingError as err:
         pytest.skip(str(err))
     out = tmp_path / "armv7"
-    assert main([str(trained_run), "--target", "armv7", "--out", str(out)]) == 0
+    assert main([str(trained_run), "--target", "armv7", "--out", str(out), "--tune-db", str(tmp_path / "db")]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["session"] == "emulator" and "sparse kernels match the host build" in report["check"]
     assert (out / "model.so").read_bytes()[:5] == b"\x7fELF\x01"  # 32-bit ELF
@@ -130,7 +132,7 @@ def test_missing_toolchain(trained_run, capsys, cache, monkeypatch):
     assert "arm-linux-gnueabihf-g++" in line and "apt-get install" in line
 
 
-def test_corrupt_tuning_database_is_set_aside_with_a_warning(trained_run, tmp_path, capsys, cache):
+def test_a_foreign_tuning_database_is_set_aside_with_a_warning(trained_run, tmp_path, capsys, cache):
     db = tmp_path / "db"
     db.mkdir()
     (db / "meta.json").write_text('{"format": "mest-tune-db", "version": 1, "tvm": "0.19.0"}')
@@ -138,9 +140,9 @@ def test_corrupt_tuning_database_is_set_aside_with_a_warning(trained_run, tmp_pa
     (db / "dense-x86" / "database_workload.json").write_text("{ not json")
     assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
-    assert "warning: tuning database" in err and "TVM 0.19.0" in err and "Traceback" not in err
-    aside = sorted(p.name for p in db.iterdir() if ".set-aside-" in p.name)
-    assert [name.split(".set-aside-")[0] for name in aside] == ["dense-x86", "meta.json"]
+    assert "warning: tuning database" in err and "not a mest-tvm tuning database" in err and "Traceback" not in err
+    aside = sorted(p.name for p in db.iterdir() if ".foreign-" in p.name)
+    assert [name.split(".foreign-")[0] for name in aside] == ["dense-x86", "meta.json"]
     assert (db / aside[0] / "database_workload.json").read_text() == "{ not json"
 
 
@@ -195,3 +197,59 @@ def test_every_flag_states_its_default():
     for action in _parser()._actions:
         if action.option_strings and "--help" not in action.option_strings:
             assert "default" in action.help or "required" in action.help, action.option_strings
+def test_dense_records_metaschedule_rejects_are_set_aside_and_compile_succeeds(trained_run, tmp_path, capsys, cache):
+    db = tmp_path / "db"
+    assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "a")]) == 0
+    rejected = b'["not base64!", "x"]\n'  # JSON lines, so only MetaSchedule itself can refuse them
+    (db / "dense-x86" / "database_workload.json").write_bytes(rejected)
+    capsys.readouterr()
+    assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: tuning database" in err and "MetaSchedule cannot read it" in err and "Traceback" not in err
+    aside = [p for p in db.iterdir() if p.name.startswith("dense-x86.rejected-")]
+    assert len(aside) == 1 and (aside[0] / "database_workload.json").read_bytes() == rejected
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["check"].startswith("max |logit error|")
+
+
+def test_a_record_of_schedules_tune_is_applied_by_training_and_by_compile(tmp_path, cache):
+    # One tuning database, found by default by all three commands (MEST_TVM_CACHE points at `cache`).
+    env = {"MEST_TVM_CACHE": str(cache)}
+    layer, batch = "8x8@8 s1", 16  # layer1.0.conv1/conv2 of the tiny model on 8x8 digits
+    tuned = _run("-m", "schedules.tune", "--model", "tiny", "--image-size", "8", "--scheme", "irregular",
+                 "--density", "0.1", "--layers", layer, "--directions", "forward", "--trials", "2",
+                 "--batch", str(batch), env_extra=env)
+    assert tuned.returncode == 0, tuned.stderr
+    from schedules.cache import workload
+    from schedules.database import TuningDatabase
+    from schedules.tune import layer_format
+    from schedules.workloads import select_layers
+
+    conv = select_layers("tiny", layer, image_size=8)[0]
+    key = workload(layer_format(conv, "irregular", 0.1), "forward", conv.x_shape(batch), 1, "x86")
+    record = TuningDatabase(cache / "tune-db").lookup(key)
+    assert record is not None and record.trials == 2
+
+    run = tmp_path / "run"
+    train = textwrap.dedent(f"""
+        import json
+        from mest.train import main
+        from schedules.cache import default_cache
+
+        assert main(["--model", "tiny", "--backend", "tvm", "--epochs", "1", "--batch-size", "{batch}",
+                     "--scheme", "irregular", "--sparsity", "0.9", "--schedule", "em", "--no-progress",
+                     "--out", {str(run)!r}]) == 0
+        print(json.dumps([key.knobs.to_json() for key in default_cache().keys()
+                          if key.direction == "forward" and key.weight_shape == (8, 8, 3, 3)]))
+    """)
+    trained = _run("-c", train, env_extra=env)
+    assert trained.returncode == 0, trained.stderr
+    used = json.loads(trained.stdout.strip().splitlines()[-1])
+    assert used == [record.knobs.to_json()]
+
+    out = tmp_path / "compiled"
+    compiled = _run("-m", "mest.compile", str(run), "--target", "x86", "--batch", str(batch), "--out", str(out),
+                    env_extra=env)
+    assert compiled.returncode == 0, compiled.stderr
+    reasons = {layer["fqn"]: layer["reason"] for layer in json.loads((out / "report.json").read_text())["layers"]}
+    for fqn in ("layer1.0.conv1.weight", "layer1.0.conv2.weight"):
+        assert "tuned" in reasons[fqn] and "2 trials" in reasons[fqn], reasons

@@ -8,7 +8,7 @@ import torch
 from mest.errors import SchemeError
 from mest.schemes import SCHEMES, derived_generator, get_scheme
 from mest.schemes.pattern import kernels_per_filter
-from schedules.patterns import pattern_ids
+from schedules.schemes.pattern import pattern_ids
 
 SHAPES = [(16, 12, 3, 3), (32, 17, 3, 3), (8, 5, 3, 3)]
 
@@ -113,3 +113,10 @@ def test_refusals_are_one_line(scheme, shape, density, message):
 def test_unknown_scheme_lists_known_ones():
     with pytest.raises(SchemeError, match="irregular, block, pattern, channel"):
         get_scheme("diagonal")
+
+
+def test_every_scheme_spec_has_its_prune_and_grow():
+    from schedules.schemes import SCHEME_SPECS
+
+    assert list(SCHEMES) == list(SCHEME_SPECS)
+    assert all(SCHEMES[name].spec is spec for name, spec in SCHEME_SPECS.items())

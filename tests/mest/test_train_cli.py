@@ -208,3 +208,37 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, back
     for fqn, mask in straight.masks.items():
         assert torch.equal(mask, resumed.masks[fqn]), fqn
     assert torch.equal(straight.state["kept_examples"], resumed.state["kept_examples"])
+
+
+def test_a_second_run_loads_every_kernel_from_disk_and_builds_none(tmp_path):
+    env = {**os.environ, "MEST_TVM_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    script = """
+import json, sys
+from mest.train import main
+from schedules.cache import default_cache
+assert main(["--model", "tiny", "--backend", "tvm", "--epochs", "2", "--update-freq", "1", "--no-progress",
+             "--out", sys.argv[1]]) == 0
+cache = default_cache()
+print(json.dumps({"builds": cache.builds, "loads": cache.loads}))
+"""
+    counts = []
+    for run in ("first", "second"):
+        result = subprocess.run([sys.executable, "-c", script, str(tmp_path / run)], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        counts.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert counts[0]["builds"] > 0 and counts[0]["loads"] == 0
+    assert counts[1] == {"builds": 0, "loads": counts[0]["builds"]}
+
+
+@pytest.mark.parametrize("fqn, what", [("layer2.0.shortcut.0.weight", "a 1x1 conv"), ("linear.weight", "the weight of a Linear")])
+def test_a_layer_the_tvm_backend_cannot_hold_is_refused_before_the_data_loads(capsys, tmp_path, fqn, what):
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({fqn: 0.9}))
+    empty = tmp_path / "no-cifar-here"  # loading it would fail: the refusal must come first
+    empty.mkdir()
+    code, err = run_cli(FAST + ["--backend", "tvm", "--scheme", "irregular", "--profile", str(profile),
+                                "--dataset", "cifar10", "--data-dir", str(empty), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: the tvm backend cannot train {fqn} ({what})") and "--backend torch-mask" in err
+    assert not (tmp_path / "run").exists()

@@ -15,8 +15,8 @@ def make_mask():
 
 @pytest.fixture(scope="session")
 def kernel_cache(tmp_path_factory):
-    """One kernel cache for the whole test session, with an empty tuning database of its own."""
+    """One kernel cache for the whole test session, with an empty tuning database and disk cache of its own."""
     from schedules.cache import KernelCache
     from schedules.database import TuningDatabase
 
-    return KernelCache(TuningDatabase(tmp_path_factory.mktemp("db") / "tuning.json"))
+    return KernelCache(TuningDatabase(tmp_path_factory.mktemp("db")), directory=tmp_path_factory.mktemp("kernels"))

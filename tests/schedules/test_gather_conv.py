@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from schedules.formats import pack
+from schedules.schemes import SCHEME_SPECS
 
 CASES = [
     # (out, in, batch, height, width, density)
@@ -21,7 +22,7 @@ CASES = [
     (16, 33, 3, 9, 7, 0.2),
     (4, 5, 1, 8, 8, 0.01),
 ]
-SCHEMES = ["irregular", "block", "pattern"]
+SCHEMES = [name for name, spec in SCHEME_SPECS.items() if not spec.dense_kernel]
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:

@@ -10,8 +10,7 @@ import torch
 
 from schedules.errors import SparseFormatError
 from schedules.layer import SparseConv2d
-
-SCHEMES = ["irregular", "block", "pattern", "channel"]
+from schedules.schemes import SCHEMES
 
 
 def _close(actual, expected):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 from schedules.database import TuningDatabase
 from schedules.tune import main
@@ -15,14 +18,14 @@ ARGS = ["--scheme", "irregular", "--density", "0.1", "--trials", "3", "--batch",
 
 
 def test_short_run_writes_records_and_second_process_reuses_them(tmp_path, capsys):
-    db = tmp_path / "tuning.json"
-    assert main([*ARGS, "--db", str(db)]) == 0
+    db = tmp_path / "tune-db"
+    assert main([*ARGS, "--tune-db", str(db)]) == 0
     first = capsys.readouterr().out
     assert "3 trials" in first and "PyTorch dense" in first
     records = TuningDatabase(db)
     assert len(records) == 2
 
-    second = subprocess.run([sys.executable, "-m", "schedules.tune", *ARGS, "--db", str(db)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    second = subprocess.run([sys.executable, "-m", "schedules.tune", *ARGS, "--tune-db", str(db)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("[reused]") == 2
 
@@ -45,6 +48,23 @@ def test_short_run_writes_records_and_second_process_reuses_them(tmp_path, capsy
     assert built.stdout.strip() == "True"
 
 
-def test_unknown_layer_is_a_one_line_error(tmp_path, capsys):
-    assert main(["--scheme", "block", "--layers", "nope", "--db", str(tmp_path / "db.json")]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+@pytest.mark.parametrize("argv, message", [
+    (["--scheme", "block", "--layers", "nope"], "no layer of resnet32 is named 'nope'"),
+    (["--scheme", "block", "--density", "0"], "--density 0 is outside (0, 1]"),
+    (["--scheme", "block", "--density", "1.5"], "--density 1.5 is outside (0, 1]"),
+    (["--scheme", "block", "--trials", "-1"], "--trials must be at least 0"),
+    (["--scheme", "block", "--batch", "0"], "--batch must be at least 1"),
+    (["--scheme", "block", "--target", "sparc"], "sparc"),
+    (["--scheme", "block", "--model", "vgg"], "unknown model 'vgg'"),
+    (["--scheme", "diagonal"], "invalid choice: 'diagonal'"),
+    (["--scheme", "block", "--directions", "sideways"], "--directions takes some of"),
+    (["--scheme", "block", "--density", "lots"], "invalid float value: 'lots'"),
+])
+def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path, capsys, argv, message):
+    db = tmp_path / "tune-db"
+    with pytest.raises(SystemExit) if "invalid" in message else contextlib.nullcontext() as raised:
+        code = main([*argv, "--tune-db", str(db)])
+    code = raised.value.code if raised is not None else code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not db.exists()

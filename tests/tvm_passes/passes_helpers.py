@@ -10,8 +10,7 @@ from devices.errors import ToolchainMissingError
 from devices.targets import get_target
 from mest.models import build_model
 from mest.sparsity import SparseState, default_profile
-
-SCHEMES = ("irregular", "block", "pattern", "channel")
+from schedules.schemes import SCHEMES  # noqa: F401 - the passes tests run every scheme
 
 #: Logits of the compiled module vs PyTorch eval: float32, same operations in another order
 #: (BN folded into the weights, sparse accumulation order); relative to the largest logit.

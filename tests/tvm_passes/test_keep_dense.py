@@ -7,7 +7,7 @@ import tvm
 from tvm import relax
 
 from tvm_passes.config import DENSE_CROSSOVER
-from tvm_passes.keep_dense import KeepDense
+from tvm_passes.keep_dense import LAYERS_ATTR, KeepDense
 from tvm_passes.sparse_conv import SparseConvInfo, make_function
 
 
@@ -32,31 +32,37 @@ def _module(scheme: str, density: float, out_channels: int = 8, kernel: int = 3,
     return bb.get()
 
 
-def test_sparse_enough_layer_is_left_sparse():
+def _decided(mod: tvm.IRModule, kernel: str, reason: str = "") -> tvm.IRModule:
+    """``mod`` with the record KeepDense leaves for the report."""
+    return mod.with_attr(LAYERS_ATTR, {"layer.conv.weight": {"kernel": kernel, "reason": reason}})
+
+
+def test_sparse_enough_layer_is_left_sparse_and_recorded():
     before = _module("irregular", 0.1)
-    tvm.ir.assert_structural_equal(KeepDense(DENSE_CROSSOVER["x86"])(before), before)
+    tvm.ir.assert_structural_equal(KeepDense(DENSE_CROSSOVER["x86"])(before), _decided(before, "irregular"))
 
 
 def test_layer_above_crossover_stays_dense_with_reason():
     limit = DENSE_CROSSOVER["x86"]["irregular"]
     reason = f"density 0.500 above the irregular crossover {limit:.2f}: dense is faster"
     expected = _module("irregular", 0.5, kernel_attr="dense", reason=reason)
-    tvm.ir.assert_structural_equal(KeepDense(DENSE_CROSSOVER["x86"])(_module("irregular", 0.5)), expected)
+    tvm.ir.assert_structural_equal(KeepDense(DENSE_CROSSOVER["x86"])(_module("irregular", 0.5)),
+                                   _decided(expected, "dense", reason))
 
 
 def test_block_on_channels_not_multiple_of_four_stays_dense():
     after = KeepDense(DENSE_CROSSOVER["x86"])(_module("block", 0.1, out_channels=6))
-    expected = _module("block", 0.1, out_channels=6, kernel_attr="dense",
-                       reason="block kernel needs out_channels % 4 == 0, got 6")
-    tvm.ir.assert_structural_equal(after, expected)
+    reason = "block sparsity needs out_channels divisible by 4, got 6"
+    expected = _module("block", 0.1, out_channels=6, kernel_attr="dense", reason=reason)
+    tvm.ir.assert_structural_equal(after, _decided(expected, "dense", reason))
 
 
 def test_pattern_on_a_1x1_conv_stays_dense_but_channel_compacts_it():
     after = KeepDense(DENSE_CROSSOVER["x86"])(_module("pattern", 0.1, kernel=1))
     assert after["mest_layer_conv"].attrs["mest.kernel"] == "dense"
-    assert "1x1 conv" in str(after["mest_layer_conv"].attrs["mest.reason"])
+    assert "needs a 3x3 conv, got kernel (1, 1)" in str(after["mest_layer_conv"].attrs["mest.reason"])
     channel = _module("channel", 0.25, kernel=1)
-    tvm.ir.assert_structural_equal(KeepDense(DENSE_CROSSOVER["x86"])(channel), channel)
+    tvm.ir.assert_structural_equal(KeepDense(DENSE_CROSSOVER["x86"])(channel), _decided(channel, "channel"))
 
 
 def test_the_table_has_every_target_and_scheme():

@@ -112,16 +112,31 @@ def test_a_mask_for_no_parameter_is_refused(tiny_models):
 def test_sparse_kernels_tuned_once_are_reused_from_the_database(tiny_models, tmp_path):
     from devices.sessions import open_session
     from tvm_passes.kernels import SparseTuning
-    from tvm_passes.tuning import TuningDatabase
+    from schedules.database import TuningDatabase
 
     model, state = tiny_models["block"]
     database = TuningDatabase(tmp_path / "db")
     with open_session("local", "x86") as session:
-        kernels = SchedulesKernels("x86", database.sparse, SparseTuning(session, trials=2))
+        kernels = SchedulesKernels("x86", database, SparseTuning(session, trials=2))
         first = compile_model(model, state.masks, state.schemes, INPUT, CompileConfig("x86"), kernels, database=database)
     assert all("tuned" in layer.reason for layer in first.layers)
     assert (tmp_path / "db" / "sparse.json").is_file()
     reopened = TuningDatabase(tmp_path / "db")
     second = compile_model(model, state.masks, state.schemes, INPUT, CompileConfig("x86"),
-                           SchedulesKernels("x86", reopened.sparse), database=reopened)
+                           SchedulesKernels("x86", reopened), database=reopened)
     assert [layer.reason for layer in second.layers] == [layer.reason for layer in first.layers]
+
+
+def test_phases_are_timed_dumped_and_profiled_by_the_instruments(tiny_models, tmp_path):
+    from tvm_passes.pipeline import PHASES
+
+    model, state = tiny_models["irregular"]
+    said: list[str] = []
+    compiled = _compile(model, state, dump_dir=tmp_path / "ir", progress=said.append)
+    assert list(compiled.phase_seconds) == list(PHASES)
+    assert said == [f"phase {n}: {name}" for n, name in enumerate(PHASES, start=1)]
+    dumped = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert dumped == [f"{n:02d}_{name.replace(' ', '_')}.py" for n, name in enumerate(PHASES[:-1], start=1)]
+    assert "sparse_irregular_" in (tmp_path / "ir" / "04_lower.py").read_text()
+    for name in ("mest.KeepDense", "mest.LowerSparseConv", "FuseOps", "mest.ScheduleDenseConv"):
+        assert name in compiled.pass_profile, compiled.pass_profile
