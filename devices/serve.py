@@ -31,6 +31,8 @@ import sys
 import threading
 import time
 
+from devices.cli import CommandParser
+
 READY_PREFIX = "devices.serve:"
 DEFAULT_SERVER_PORT = 9090
 DEFAULT_TRACKER_PORT = 9190
@@ -47,7 +49,7 @@ def _parse_address(text: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the command-line parser of ``python -m devices.serve``."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m devices.serve",
         description="Serve this machine as a TVM RPC device (or run a tracker). "
         "A TVM RPC server executes any code sent to it: keep it on loopback or a trusted network.",
@@ -60,12 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port-end", type=int, default=None,
                         help=f"end of the port range searched (default port + {PORT_SEARCH_SPAN})")
     parser.add_argument("--tracker", type=_parse_address, default=None,
-                        help="HOST:PORT of a tracker to register this device with")
-    parser.add_argument("--key", default="", help="device key under which the tracker lists it")
+                        help="HOST:PORT of a tracker to register this device with (default: none, serve "
+                        "direct connections)")
+    parser.add_argument("--key", default="", help="device key under which the tracker lists it (default: empty; "
+                        "needed with --tracker)")
     parser.add_argument("--run-tracker", action="store_true",
-                        help="run an RPC tracker instead of a device server")
+                        help="run an RPC tracker instead of a device server (default: a device server)")
     parser.add_argument("--stop-with-parent", action="store_true",
-                        help="stop (with the whole process group) when the parent process exits")
+                        help="stop (with the whole process group) when the parent process exits (default: "
+                        "keep running)")
     return parser
 
 

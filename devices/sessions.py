@@ -42,7 +42,7 @@ def _parse_tracker_kind(kind: str) -> tuple[str, int, str]:
     return parts[1], int(parts[2]), parts[3]
 
 
-def open_session(kind: str, target: str | TargetSpec = "x86", **options: Any) -> Session:
+def open_session(kind: str, target: str | TargetSpec = "host", **options: Any) -> Session:
     """Open a session of a kind on a target.
 
     Parameters
@@ -50,7 +50,7 @@ def open_session(kind: str, target: str | TargetSpec = "x86", **options: Any) ->
     kind : str
         ``"local"``, ``"rpc"``, ``"tracker:HOST:PORT:KEY"`` or ``"emulator"``.
     target : str or TargetSpec
-        Name from the target table (``"x86"``, ``"arm64"``/``"arm"``, ``"armv7"``).
+        Name from the target table (``"host"``, ``"x86"``, ``"arm64"``/``"arm"``, ``"armv7"``).
     **options
         ``call_timeout_s`` (all kinds, default 120); for ``rpc``: ``address=(host, port)`` of
         a running server, else one is started on 127.0.0.1; ``session_timeout_s`` (rpc,

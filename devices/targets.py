@@ -1,7 +1,10 @@
 """The one table of targets: what TVM target, cross-compiler, emulator and capabilities each has.
 
 Every question "can this target do X" is answered here, from a :class:`TargetSpec`. Other rooms
-name targets by string (``"x86"``, ``"arm64"``/``"arm"``, ``"armv7"``) and ask this module.
+name targets by string (``"x86"`` = x86-64, ``"arm64"``/``"arm"``, ``"armv7"``, and ``"host"`` = this
+machine, whichever of them it is: :func:`host_target_name`) and ask this module. The host's entry is
+native (its own CPU, no cross-compiler); on an aarch64 machine ``arm64`` is the host and ``x86`` a
+cross target (compile and link only: there is no x86 emulator session).
 """
 
 from __future__ import annotations
@@ -126,23 +129,60 @@ def _x86_vector_bits(target: tvm.target.Target) -> int:
     return 128
 
 
-def _host_spec() -> TargetSpec:
+#: ``platform.machine()`` (lower case) -> the canonical name of that machine's target.
+HOST_MACHINES = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def host_target_name() -> str:
+    """The canonical name of this machine's target: ``x86`` on x86-64, ``arm64`` on aarch64.
+
+    Raises
+    ------
+    UnknownTargetError
+        On any other machine (the table has no native entry for it).
+    """
+    machine = platform.machine()
+    if machine.lower() not in HOST_MACHINES:
+        raise UnknownTargetError(f"this machine ({machine}) has no target in the table; the hosts it knows are "
+                                 f"{', '.join(sorted(HOST_MACHINES))}")
+    return HOST_MACHINES[machine.lower()]
+
+
+def _host_spec(name: str) -> TargetSpec:
     cpu = codegen.llvm_get_system_cpu()
-    tvm_json = {"kind": "llvm", "mcpu": cpu}
+    arm = name == "arm64"
+    tvm_json = {"kind": "llvm", "mcpu": cpu, **({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]} if arm else {})}
     return TargetSpec(
-        name="x86",
+        name=name,
         description=f"this machine ({platform.machine()}, {cpu}), native",
         tvm_target=tvm_json,
         cross_compiler=None,
         qemu=None,
         sysroot=None,
         debian_packages=(),
-        vector_bits=_x86_vector_bits(tvm.target.Target(tvm_json)),
+        vector_bits=128 if arm else _x86_vector_bits(tvm.target.Target(tvm_json)),
         pointer_bits=64,
         is_host=True,
         emulation=None,
-        has_neon=False,
+        has_neon=arm,
     )
+
+
+#: x86-64 seen from another host (an ARM board): compiled and cross-linked, not run here.
+_X86_64 = TargetSpec(
+    name="x86",
+    description="64-bit x86 (x86-64): PCs and servers",
+    tvm_target={"kind": "llvm", "mtriple": "x86_64-linux-gnu"},
+    cross_compiler="x86_64-linux-gnu-g++",
+    qemu=None,
+    sysroot=None,
+    debian_packages=("g++-x86-64-linux-gnu", "libc6-amd64-cross"),
+    vector_bits=128,
+    pointer_bits=64,
+    is_host=False,
+    emulation=None,
+    has_neon=False,
+)
 
 
 _ARM64 = TargetSpec(
@@ -180,18 +220,19 @@ _ARMV7 = TargetSpec(
     has_neon=True,
 )
 
-#: Other names accepted for a target.
-ALIASES = {"arm": "arm64", "aarch64": "arm64", "host": "x86"}
+#: Other names accepted for a target (and ``"host"``, see :func:`host_target_name`).
+ALIASES = {"arm": "arm64", "aarch64": "arm64"}
 
 
 @functools.cache
 def _table() -> dict[str, TargetSpec]:
-    return {spec.name: spec for spec in (_host_spec(), _ARM64, _ARMV7)}
+    host = _host_spec(host_target_name())
+    return {spec.name: spec for spec in (host, *(s for s in (_X86_64, _ARM64, _ARMV7) if s.name != host.name))}
 
 
 def target_names() -> list[str]:
-    """Return the known target names, canonical names first, then aliases."""
-    return [*_table(), *ALIASES]
+    """Return the known target names, canonical names first (the host's first), then aliases."""
+    return [*_table(), *ALIASES, "host"]
 
 
 def get_target(name: str | TargetSpec) -> TargetSpec:
@@ -200,7 +241,8 @@ def get_target(name: str | TargetSpec) -> TargetSpec:
     Parameters
     ----------
     name : str or TargetSpec
-        ``"x86"``, ``"arm64"`` (alias ``"arm"``), ``"armv7"``; a spec is returned as is.
+        ``"x86"``, ``"arm64"`` (alias ``"arm"``), ``"armv7"``, or ``"host"`` (this machine's);
+        a spec is returned as is.
 
     Returns
     -------
@@ -214,7 +256,7 @@ def get_target(name: str | TargetSpec) -> TargetSpec:
     if isinstance(name, TargetSpec):
         return name
     table = _table()
-    canonical = ALIASES.get(name, name)
+    canonical = host_target_name() if name == "host" else ALIASES.get(name, name)
     if canonical not in table:
         raise UnknownTargetError(
             f"unknown target {name!r}; known targets: {', '.join(target_names())}"

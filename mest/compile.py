@@ -37,7 +37,7 @@ EXIT_BAD_INPUT = 2
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m mest.compile", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="checkpoint file of mest.train, or its run directory")
-    parser.add_argument("--target", required=True, help="x86, arm (= arm64), arm64 or armv7 (required)")
+    parser.add_argument("--target", required=True, help="host (this machine), x86, arm (= arm64), arm64 or armv7 (required)")
     parser.add_argument("--tune-db", metavar="DIR", help="tuning database directory (default: $MEST_TVM_CACHE/tune-db, i.e. ~/.cache/mest-tvm/tune-db)")
     parser.add_argument("--trials", type=int, default=0, help="tune what the database lacks first: N knob-search trials per sparse kernel, "
                         "N MetaSchedule trials over the dense operators (default 0: use the database as is; "

@@ -1,7 +1,7 @@
 """Typed training configuration and its named presets.
 
-A preset name reads ``<model>-<dataset>-<schedule>-<sparsity %>``, e.g. ``resnet32-cifar10-em-s-90``
-(``em`` = Elastic Mutation, ``em-s`` = with Soft Memory Bound). CLI flags override a preset's fields.
+A preset name reads ``<model>-<dataset>-<schedule>-<sparsity %>``, e.g. ``resnet32-cifar10-ems-90``
+(``em`` = Elastic Mutation, ``ems`` = with Soft Memory Bound: the names of ``--schedule``). CLI flags override a preset's fields.
 Long CIFAR runs follow the reference (160 epochs, mutation every 5, decay at 90 and 120, 12,000 of
 50,000 examples removed at epoch 70); digits runs scale those epochs down to a few minutes on 2 cores.
 """
@@ -137,13 +137,13 @@ def _preset(model: str, dataset: str, schedule: str, sparsity: float) -> TrainCo
 
 
 PRESETS: dict[str, TrainConfig] = {
-    f"{model}-{dataset}-{label}-{round(sparsity * 100)}": _preset(model, dataset, schedule, sparsity)
+    f"{model}-{dataset}-{schedule}-{round(sparsity * 100)}": _preset(model, dataset, schedule, sparsity)
     for model in ("resnet32", "resnet20")
     for dataset in ("cifar10", "cifar100", "digits")
-    for schedule, label in (("em", "em"), ("ems", "em-s"))
+    for schedule in ("em", "ems")
     for sparsity in (0.9, 0.95)
 }
-DEFAULT_PRESET = "resnet20-digits-em-s-90"
+DEFAULT_PRESET = "resnet20-digits-ems-90"
 
 
 def get_preset(name: str) -> TrainConfig:

@@ -3,8 +3,8 @@
 Examples
 --------
 ``python -m mest.train`` (the default preset on the bundled digits data),
-``python -m mest.train --preset resnet32-cifar10-em-s-90 --data-dir ~/cifar-10-batches-py --scheme pattern``,
-``python -m mest.train --resume runs/resnet20-digits-em-s-90``.
+``python -m mest.train --preset resnet32-cifar10-ems-90 --data-dir ~/cifar-10-batches-py --scheme pattern``,
+``python -m mest.train --resume runs/resnet20-digits-ems-90``.
 
 A run locks its directory for its whole life (:mod:`mest.rundir`): a second ``mest.train`` on the
 same ``--out``, or a ``--resume`` of a running run, is refused; so is resuming a finished run.

@@ -5,7 +5,7 @@ Public API (other rooms use these names):
 - :func:`schedules.formats.pack` ``(scheme, weight, mask, capacity=None) -> SparseFormat`` with
   ``to_dense()``, ``to_mask()``, ``nbytes``, ``scheme``, ``weight_shape``, ``nnz``, ``capacity``,
   ``values``, ``buffers(direction)``, ``valid_slots()``, ``dense_index()``, ``gather(weight)``,
-  ``with_values(values)`` and ``repack(weight)`` (new values, same mask, no index copy);
+  ``with_values(values)`` and ``with_weight(weight)`` (new values, same mask, no index copy);
   :func:`schedules.formats.transfer` ``(slots, source, target)`` moves momentum (or any per-slot
   tensor) across a mutation by position.
 - :func:`schedules.kernels.forward_primfunc` ``(fmt, x_shape, stride, knobs=None)`` -> PrimFunc

@@ -17,9 +17,12 @@ rebuilt. Only host kernels go to disk: other targets' kernels cannot be loaded h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import os
+import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,8 +35,8 @@ import tvm
 from devices.cache import cache_root
 from devices.files import remove_stale_temporaries, set_aside
 from schedules.database import TuningDatabase, Workload, density_bucket
-from schedules.sparse_format import SparseFormat
 from schedules.kernels import Knobs, primfunc
+from schedules.sparse_format import SparseFormat
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,9 @@ def compile_kernel(fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], 
 
 
 KERNEL_DIRECTORY = "kernels"
-#: The files whose code shapes a kernel: a change to any of them changes every digest.
-_SOURCES = ("formats.py", "kernels/*.py")
+#: The files whose code shapes a kernel (templates, formats and their walks): a change to any of them
+#: changes every digest.
+_SOURCES = ("sparse_format.py", "formats.py", "schemes/*.py", "kernels/*.py")
 
 
 @functools.cache
@@ -127,7 +131,7 @@ def _source_digest() -> str:
     root = Path(__file__).parent
     digest = hashlib.sha256()
     for path in sorted(p for pattern in _SOURCES for p in root.glob(pattern)):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -155,6 +159,12 @@ def _load(path: Path, key: KernelKey) -> Kernel | None:
     return Kernel(key, function, module, time.perf_counter() - start, loaded=True)
 
 
+def _lowest_priority() -> None:
+    """Give the calling thread (and the processes it starts) the lowest CPU priority (Linux: per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 def _store(executable: Any, path: Path, target: str) -> None:
     from devices.errors import DeviceError  # noqa: PLC0415
     from devices.targets import export_library  # noqa: PLC0415
@@ -176,7 +186,7 @@ class KernelCache:
         Where tuned knobs are looked up; default: the tuning database in its default directory
         (the one ``python -m schedules.tune`` and ``python -m mest.compile`` use).
     target : str
-        Target name of the kernels built here (the host by default).
+        Target name of the kernels built here (this machine's by default); keys use its canonical name.
     directory : str or os.PathLike, optional
         Where exported libraries are kept; default ``<cache root>/kernels``. Used for host targets only.
 
@@ -188,14 +198,15 @@ class KernelCache:
         Kernels loaded from disk instead, and the seconds it took.
     """
 
-    def __init__(self, database: TuningDatabase | None = None, target: str = "x86",
+    def __init__(self, database: TuningDatabase | None = None, target: str = "host",
                  directory: str | Path | None = None) -> None:
         from devices.targets import get_target  # noqa: PLC0415
 
+        spec = get_target(target)
         self.database = database if database is not None else TuningDatabase()
-        self.target = target
+        self.target = spec.name
         self.directory = Path(directory) if directory is not None else cache_root() / KERNEL_DIRECTORY
-        self._on_disk = get_target(target).is_host
+        self._on_disk = spec.is_host
         self._kernels: dict[KernelKey, Kernel] = {}
         self.build_seconds = 0.0
         self.builds = 0
@@ -206,9 +217,11 @@ class KernelCache:
 
     def _export(self, executable: Any, path: Path, target: str) -> None:
         # Linking the library (g++) takes about as long as the build: it runs beside the training, in
-        # one worker thread (the interpreter waits for it at exit; a kill leaves only a temporary).
+        # one worker thread at the lowest priority, which its g++ inherits (the interpreter waits for
+        # it at exit; a kill leaves only a temporary).
         if self._exporter is None:
-            self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mest-kernel-export")
+            self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mest-kernel-export",
+                                                initializer=_lowest_priority)
         self._exports.append(self._exporter.submit(_store, executable, path, target))
 
     def flush(self) -> None:

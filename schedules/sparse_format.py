@@ -192,8 +192,11 @@ class SparseFormat:
             raise SparseFormatError(f"values must be float32 of shape {list(self.values.shape)}, got {values.dtype} {list(values.shape)}")
         return replace(self, values=values)
 
-    def repack(self, weight: torch.Tensor) -> "SparseFormat":
-        """Re-pack the values of a dense weight for an unchanged mask (cheap: a gather)."""
+    def with_weight(self, weight: torch.Tensor) -> "SparseFormat":
+        """The same indices with the values of a dense weight, for an unchanged mask (cheap: a gather).
+
+        A new mask is a new :func:`~schedules.formats.pack` (what :meth:`schedules.layer.SparseConv2d.repack` does).
+        """
         return self.with_values(self.gather(weight))
 
     def entries(self, direction: str) -> "Entries":

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from devices.fleet import Fleet
+from devices.cli import CommandParser
 from schedules.cache import compile_kernel, workload
 from schedules.database import Record, TuningDatabase, Workload
 from schedules.errors import TuningDatabaseError
@@ -322,24 +323,17 @@ def layer_format(layer: ConvLayer, scheme: str, density: float, seed: int = 0) -
     return pack(scheme, weight, random_mask(scheme, layer.weight_shape(), density, generator))
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its complaints as one ``error:`` line (exit code 2) instead of usage + error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message}\n")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options (each help line shows its default)."""
-    parser = _Parser(prog="python -m schedules.tune", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> CommandParser:
+    """The command-line parser of ``python -m schedules.tune`` (each help line shows its default)."""
+    parser = CommandParser(prog="python -m schedules.tune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet32", help=f"model whose sparse layers are tuned ({', '.join(MODELS)})")
     parser.add_argument("--image-size", type=int, default=32, help="input height and width (8 for the digits data)")
     parser.add_argument("--scheme", required=True, choices=[name for name, spec in SCHEME_SPECS.items() if not spec.dense_kernel],
-                        help="sparsity scheme (channel runs a smaller dense conv: nothing to tune)")
+                        help="sparsity scheme, required (channel runs a smaller dense conv: nothing to tune)")
     parser.add_argument("--density", type=float, default=0.1, help="fraction of weights kept, in (0, 1]")
-    parser.add_argument("--target", default="x86", help="target name of the devices table")
-    parser.add_argument("--session", default="local", help="devices session: local, rpc, emulator, tracker:HOST:PORT:KEY")
+    parser.add_argument("--target", default="host", help="target name of the devices table (host: this machine)")
+    parser.add_argument("--session", default="local", help="devices session: local, rpc, emulator, or tracker:HOST:PORT:KEY "
+                        "(every free device of KEY at once)")
     parser.add_argument("--trials", type=int, default=16, help="candidates measured per kernel at most")
     parser.add_argument("--tune-db", metavar="DIR", default=None,
                         help="tuning database directory (default: $MEST_TVM_CACHE/tune-db, the one training and mest.compile use)")
@@ -347,8 +341,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--directions", default=",".join(DIRECTIONS), help="comma-separated kernel directions")
     parser.add_argument("--layers", default="", help="comma-separated layer names (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random masks and of the search")
-    parser.add_argument("--retune", action="store_true", help="search again even where the database has a record")
-    return parser.parse_args(argv)
+    parser.add_argument("--retune", action="store_true",
+                        help="search again even where the database has a record (default: reuse it)")
+    return parser
 
 
 def _check_args(args: argparse.Namespace) -> tuple[list[ConvLayer], list[str]]:
@@ -369,7 +364,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[ConvLayer], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Tune every sparse layer of a model for one scheme and density; returns the exit code."""
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     from tqdm import tqdm  # noqa: PLC0415
 
     from devices.errors import DeviceError  # noqa: PLC0415

@@ -16,6 +16,23 @@ if TYPE_CHECKING:
     from devices.loopback import LoopbackTracker
     from devices.sessions import Session
 
+# ---- every room: the commands' parsers ----
+
+
+@pytest.fixture(scope="session")
+def flags_without_default() -> Callable[..., list[str]]:
+    """``flags_without_default(parser)``: the optional flags whose help line does not say their default."""
+    import argparse
+
+    def check(parser: argparse.ArgumentParser) -> list[str]:
+        formatter = parser._get_formatter()
+        return [action.option_strings[0] for action in parser._actions
+                if action.option_strings and not action.required and not isinstance(action, argparse._HelpAction)
+                and "default" not in formatter._expand_help(action)]
+
+    return check
+
+
 # ---- devices: loopback RPC server and tracker, ARM emulator sessions (once per test session) ----
 # Other rooms' tests may use these: compile with devices.targets.tvm_target(session.target) and
 # run through session.load / session.array / session.numpy / session.time.

@@ -33,7 +33,7 @@ class CompileConfig:
     Attributes
     ----------
     target : str
-        Target name of the ``devices`` table (``x86``, ``arm64``/``arm``, ``armv7``).
+        Target name of the ``devices`` table (``host``, ``x86``, ``arm64``/``arm``, ``armv7``).
     batch : int
         Static batch size of the compiled module.
     crossover : dict[str, float]
@@ -45,7 +45,7 @@ class CompileConfig:
         Time each layer's kernel for the report (switched off where timings mean nothing).
     """
 
-    target: str = "x86"
+    target: str = "host"
     batch: int = 1
     crossover: dict[str, float] = field(default_factory=dict)
     tune_trials: int = 0

@@ -39,7 +39,7 @@ class SparseConvInfo:
     fqn : str
         Fully qualified name of the weight parameter (``layer2.3.conv1.weight``).
     scheme : str
-        One of :data:`SCHEMES`.
+        One of :data:`schedules.schemes.SCHEMES`.
     density : float
         Fraction of the mask that is kept.
     kernel : str

@@ -26,6 +26,15 @@ def check_density(density: float) -> None:
         raise SchemeError(f"sparsity {1.0 - float(density):g} is outside [0, 1)")
 
 
+def units_at(density: float, units: int) -> int:
+    """How many of ``units`` a layer keeps at ``density``: rounded, and never none.
+
+    A layer without a unit would be cut out of the network (and the tvm backend has no empty kernel),
+    so every scheme keeps at least one, on both backends (pattern: one kernel per filter).
+    """
+    return max(1, round(density * units))
+
+
 def keep_top_units(scores: torch.Tensor, active: torch.Tensor, keep_per_row: int) -> torch.Tensor:
     """Keep the ``keep_per_row`` best-scored active units of each row.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mest.schemes.base import Scheme, grow_random_units, keep_top_units
+from mest.schemes.base import Scheme, grow_random_units, keep_top_units, units_at
 from schedules.schemes.block import BLOCK, BLOCK_SIZE
 
 
@@ -32,12 +32,12 @@ class BlockScheme(Scheme):
         self.check(mask.shape, density)
         unit_scores = _as_blocks(score.double()).pow(2).sum(dim=1).sqrt().reshape(1, -1)
         active = _as_blocks(mask).any(dim=1).reshape(1, -1)
-        keep = round(density * active.numel())
+        keep = units_at(density, active.numel())
         kept = keep_top_units(unit_scores, active, keep)
         return _from_units(kept.reshape(mask.shape[0] // BLOCK_SIZE, -1), mask.shape)
 
     def grow(self, mask: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
         self.check(mask.shape, density)
         active = _as_blocks(mask).any(dim=1).reshape(1, -1)
-        grown = grow_random_units(active, round(density * active.numel()), generator)
+        grown = grow_random_units(active, units_at(density, active.numel()), generator)
         return _from_units(grown.reshape(mask.shape[0] // BLOCK_SIZE, -1), mask.shape)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from mest.schemes.base import Scheme, grow_random_units, keep_top_units
+from mest.schemes.base import Scheme, grow_random_units, keep_top_units, units_at
 from schedules.schemes.channel import CHANNEL
 
 
@@ -24,12 +24,12 @@ class ChannelScheme(Scheme):
         filters = mask.shape[0]
         unit_scores = score.double().reshape(filters, -1).pow(2).sum(dim=1).sqrt().reshape(1, -1)
         active = mask.reshape(filters, -1).any(dim=1).reshape(1, -1)
-        kept = keep_top_units(unit_scores, active, round(density * filters))
+        kept = keep_top_units(unit_scores, active, units_at(density, filters))
         return kept.reshape(filters, 1, 1, 1).expand(mask.shape).clone()
 
     def grow(self, mask: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
         self.check(mask.shape, density)
         filters = mask.shape[0]
         active = mask.reshape(filters, -1).any(dim=1).reshape(1, -1)
-        grown = grow_random_units(active, round(density * filters), generator)
+        grown = grow_random_units(active, units_at(density, filters), generator)
         return grown.reshape(filters, 1, 1, 1).expand(mask.shape).clone()

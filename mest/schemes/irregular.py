@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mest.schemes.base import Scheme, grow_random_units, keep_top_units
+from mest.schemes.base import Scheme, grow_random_units, keep_top_units, units_at
 from schedules.schemes.irregular import IRREGULAR
 
 
@@ -15,10 +15,10 @@ class IrregularScheme(Scheme):
 
     def prune(self, score: torch.Tensor, mask: torch.Tensor, density: float) -> torch.Tensor:
         self.check(mask.shape, density)
-        keep = round(density * mask.numel())
+        keep = units_at(density, mask.numel())
         return keep_top_units(score.reshape(1, -1), mask.reshape(1, -1), keep).reshape(mask.shape)
 
     def grow(self, mask: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
         self.check(mask.shape, density)
-        total = round(density * mask.numel())
+        total = units_at(density, mask.numel())
         return grow_random_units(mask.reshape(1, -1), total, generator).reshape(mask.shape)

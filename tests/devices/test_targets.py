@@ -102,3 +102,28 @@ def test_linking_for_the_wrong_target_is_a_one_line_error(tmp_path: Path):
         export_library(lib, tmp_path / "matmul.so", "x86")
     assert "\n" not in str(raised.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("machine, host, other", [("x86_64", "x86", "arm64"), ("aarch64", "arm64", "x86")])
+def test_the_host_target_is_named_by_what_the_machine_is(monkeypatch, machine, host, other):
+    import devices.targets as targets
+
+    monkeypatch.setattr(targets.platform, "machine", lambda: machine)
+    targets._table.cache_clear()
+    try:
+        assert targets.host_target_name() == host
+        assert get_target("host") is get_target(host) and get_target(host).is_host
+        assert not get_target(other).is_host and get_target(other).cross_compiler
+        assert target_names()[0] == host and "host" in target_names()
+        assert get_target("x86").pointer_bits == 64 and get_target("arm").name == "arm64"
+    finally:
+        monkeypatch.undo()
+        targets._table.cache_clear()
+
+
+def test_an_unknown_machine_has_no_host_target(monkeypatch):
+    import devices.targets as targets
+
+    monkeypatch.setattr(targets.platform, "machine", lambda: "sparc64")
+    with pytest.raises(UnknownTargetError, match=r"this machine \(sparc64\) has no target"):
+        targets.host_target_name()

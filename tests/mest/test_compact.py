@@ -64,3 +64,21 @@ def test_tvm_checkpoint_resumes_exactly_and_loads_as_dense(even_digits, tiny_con
                             dataset=even_digits, progress=False)
     for fqn, mask in masked.sparse.masks.items():
         assert torch.equal(mask, resumed.sparse.masks[fqn])
+
+
+@pytest.mark.parametrize("scheme, sparsity", [("channel", 0.97), ("block", 0.999), ("irregular", 0.9999)])
+def test_a_layer_keeps_one_unit_on_both_backends(even_digits, tiny_config, tmp_path, scheme, sparsity):
+    # tiny's layers have 8 and 12 filters: 3% of them, 0.1% of their blocks, 0.01% of their
+    # weights all round to none, which once emptied a layer (and crashed the tvm backend).
+    config = tiny_config.override(scheme=scheme, sparsity=sparsity, schedule="em", epochs=2, remove_epoch=None)
+    masks = {}
+    for backend in ("torch-mask", "tvm"):
+        trainer = Trainer(config.override(backend=backend), tmp_path / backend, dataset=even_digits, progress=False)
+        for _ in range(config.epochs):
+            metrics = trainer.run_epoch()
+        assert metrics["train_loss"] == metrics["train_loss"]  # not NaN
+        masks[backend] = trainer.sparse.masks
+    for fqn, mask in masks["torch-mask"].items():
+        assert torch.equal(mask, masks["tvm"][fqn]), fqn
+        if fqn in trainer.sparse.schemes:
+            assert 0 < int(mask.sum()) <= {"channel": mask[0].numel(), "block": 4, "irregular": 1}[scheme]

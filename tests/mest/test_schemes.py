@@ -32,7 +32,7 @@ def total_units(scheme: str, shape: tuple[int, ...]) -> int:
 def expected_units(scheme: str, shape: tuple[int, ...], density: float) -> int:
     if scheme == "pattern":
         return shape[0] * kernels_per_filter(shape[1], density)
-    return round(density * total_units(scheme, shape))
+    return max(1, round(density * total_units(scheme, shape)))  # never an empty layer
 
 
 def check_structure(scheme: str, mask: torch.Tensor) -> None:
@@ -120,3 +120,17 @@ def test_every_scheme_spec_has_its_prune_and_grow():
 
     assert list(SCHEMES) == list(SCHEME_SPECS)
     assert all(SCHEMES[name].spec is spec for name, spec in SCHEME_SPECS.items())
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_a_density_that_rounds_to_no_unit_keeps_one(scheme):
+    # a 40->24 layer at 2% of its weights: fewer than half a filter, a kernel of each filter, ...
+    shape = (24, 40, 3, 3)
+    rule = get_scheme(scheme)
+    density = 0.5 / rule.spec.unit_count(shape)  # rounds to 0 units (pattern: 0 kernels per filter)
+    full = torch.ones(shape, dtype=torch.bool)
+    pruned = rule.prune(torch.rand(shape, generator=torch.Generator().manual_seed(1)) + 0.1, full, density)
+    grown = rule.grow(torch.zeros(shape, dtype=torch.bool), density, torch.Generator().manual_seed(2))
+    least_kept = {"irregular": 1, "block": 4, "pattern": 4 * 24, "channel": 40 * 9}[scheme]
+    assert int(pruned.sum()) == least_kept and int(grown.sum()) == least_kept
+    assert rule.spec.unit_count(shape) == total_units(scheme, shape)

@@ -42,7 +42,7 @@ def test_nbytes_match_arrays_and_indices_are_small(scheme, make_mask):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_repack_and_capacity(scheme, make_mask):
+def test_with_weight_and_capacity(scheme, make_mask):
     generator = torch.Generator().manual_seed(2)
     shape = (16, 8, 3, 3)
     weight = torch.randn(shape, generator=generator)
@@ -54,9 +54,9 @@ def test_repack_and_capacity(scheme, make_mask):
     assert int(fmt.valid_slots().sum()) == fmt.nnz
     assert torch.all(fmt.values[~fmt.valid_slots()] == 0)
     new_weight = torch.randn(shape, generator=generator)
-    repacked = fmt.repack(new_weight)
-    assert torch.equal(repacked.to_dense(), new_weight * mask)
-    assert all(repacked.indices[name] is fmt.indices[name] for name in fmt.indices)
+    refilled = fmt.with_weight(new_weight)
+    assert torch.equal(refilled.to_dense(), new_weight * mask)
+    assert all(refilled.indices[name] is fmt.indices[name] for name in fmt.indices)
 
 
 def test_bad_inputs_give_one_line_errors():

@@ -114,3 +114,7 @@ def test_a_tune_through_a_tracker_measures_on_every_free_device_and_outlives_a_k
     for direction in ("forward", "grad_weight"):
         key = workload(fmt, direction, conv.x_shape(2), conv.stride, "x86")
         assert [database.lookup(key).trials for database in databases] == [5, 5], direction
+def test_every_flag_says_its_default(flags_without_default):
+    from schedules.tune import build_parser
+
+    assert flags_without_default(build_parser()) == []
