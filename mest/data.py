@@ -8,7 +8,8 @@
   (32x32x3), as many labels as images, every label a class of the dataset.
 
 Every random choice (shuffle, crop, flip) comes from a generator the trainer seeds per epoch, so a
-resumed run sees exactly the batches of an uninterrupted one.
+resumed run sees exactly the batches of an uninterrupted one; under torchrun every rank draws the
+same choices for each whole batch and takes its :func:`shard` of it.
 """
 
 from __future__ import annotations

@@ -11,7 +11,10 @@ workload, features = knobs + workload shape, trained on every measurement of the
 over from layer to layer) until ``trials`` candidates are measured; the best few are then re-timed
 round-robin with the default (the machine may be shared) and the fastest is kept. Measurements go through a
 ``devices`` session (``local``, ``rpc``, ``tracker:HOST:PORT:KEY``), so tuning a remote ARM board is
-the same command. The best knobs go into the JSON tuning database; a workload already tuned with at
+the same command; through a tracker, every free device of the key measures at once (a
+:class:`devices.fleet.Fleet`: each batch of candidates is spread over them, the finalists are
+re-timed on one, a device lost mid-tune hands its candidate to another) and the measurements of
+each device are printed. The best knobs go into the JSON tuning database; a workload already tuned with at
 least as many trials is reused without searching.
 
 Command::

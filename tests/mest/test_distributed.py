@@ -21,7 +21,7 @@ from torch import nn
 from devices.loopback import free_port
 from mest.checkpoint import load_checkpoint
 from mest.config import TrainConfig
-from mest.data import load_dataset, shard, train_batches
+from mest.data import shard, train_batches
 from mest.distributed import GlobalBatchNorm2d, World, mask_digest
 from mest.errors import ConfigError, DistributedError
 from mest.trainer import METRICS_NAME, RANKING_NAME, Trainer, epoch_generator
