@@ -36,6 +36,13 @@ def _connected_socket_fds() -> set[int]:
     }
 
 
+def _remote_address(fds: set[int]) -> str | None:
+    """``HOST:PORT`` of the peer of the connected socket among ``fds`` (the device a tracker gave)."""
+    peers = {f"{conn.raddr.ip}:{conn.raddr.port}" for conn in psutil.Process().net_connections(kind="inet")
+             if conn.fd in fds and conn.raddr}
+    return peers.pop() if len(peers) == 1 else None
+
+
 def _shutdown_fd(fd: int) -> None:
     try:
         with socket.socket(fileno=os.dup(fd)) as sock:
@@ -54,6 +61,7 @@ class SocketSession(Session):
         self.peer = peer
         self._owned_server = owned_server
         self._rpc: rpc.RPCSession | None = None
+        self.device_address: str | None = None  # HOST:PORT of the server, once connected
         super().__init__(spec, emulated=False, call_timeout_s=call_timeout_s)
         self._sockets_before = _connected_socket_fds()
         self._sockets: set[int] | None = None
@@ -64,9 +72,11 @@ class SocketSession(Session):
             self.close()
             raise
         self._sockets = _connected_socket_fds() - self._sockets_before
+        self.device_address = _remote_address(self._sockets)
 
     def describe(self) -> str:
-        return f"{self.kind} session ({self.target.name}) at {self.peer}"
+        device = f", device {self.device_address}" if self.kind == "tracker" and self.device_address else ""
+        return f"{self.kind} session ({self.target.name}) at {self.peer}{device}"
 
     @property
     def server(self) -> ServiceProcess | None:
@@ -91,7 +101,14 @@ class SocketSession(Session):
 
     def _peer_gone(self, err: BaseException) -> bool:
         server_died = self._owned_server is not None and not self._owned_server.alive
-        return server_died or super()._peer_gone(err)
+        return server_died or super()._peer_gone(err) or not self._peer_connected()
+
+    def _peer_connected(self) -> bool:
+        """Whether the session's socket still has its peer (a killed server leaves it closed or in
+        CLOSE_WAIT, whatever error TVM reports for the broken call)."""
+        states = [conn.status for conn in psutil.Process().net_connections(kind="inet")
+                  if conn.fd in (self._sockets or ())]
+        return bool(states) and all(state == psutil.CONN_ESTABLISHED for state in states)
 
     def _load_runtime_module(self, lib: Any, name: str) -> Any:
         path = self._export(lib, name)
@@ -167,6 +184,17 @@ def _request_from_tracker(host: str, port: int, key: str, session_timeout_s: flo
         ) from err
     finally:
         tracker.close()
+
+
+def free_devices(host: str, port: int, key: str) -> int:
+    """How many devices of ``key`` the tracker at ``host:port`` lists as free now."""
+    _probe(host, port)
+    tracker = rpc.connect_tracker(host, port)
+    try:
+        summary = tracker.summary()
+    finally:
+        tracker.close()
+    return int(summary.get("queue_info", {}).get(key, {}).get("free", 0))
 
 
 def open_tracker_session(spec: TargetSpec, call_timeout_s: float, host: str, port: int, key: str,

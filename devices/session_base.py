@@ -96,6 +96,7 @@ class Session(abc.ABC):
         self.call_timeout_s = call_timeout_s
         self._closed_reason: str | None = None
         self._workdir = Path(tempfile.mkdtemp(prefix=f"mest-{self.kind}-"))
+        self._exports = 0
 
     # -- what subclasses provide -------------------------------------------------------------
     @property
@@ -215,7 +216,10 @@ class Session(abc.ABC):
         return LoadedModule(self, self._load_runtime_module(lib, name))
 
     def _export(self, lib: Any, name: str) -> Path:
-        return export_library(lib, self._workdir / f"{name}.so", self.target)
+        # Each export gets a file of its own: a library loaded before may be mapped by the loader
+        # still (dlopen of the same path returns it), and rewriting it in place crashes the server.
+        self._exports += 1
+        return export_library(lib, self._workdir / f"{name}-{self._exports}.so", self.target)
 
     def array(self, value: np.ndarray) -> Any:
         """Copy a NumPy array to the session's device.

@@ -10,6 +10,9 @@
 - ``"emulator"``: ``arm64`` runs our RPC server under qemu-aarch64 (a pipe session);
   ``armv7`` runs kernels one call at a time with our kernel runner under qemu-arm.
 
+``open_fleet(kind, target)`` opens every free device of a ``tracker`` kind at once (one session for
+the other kinds) as a :class:`~devices.fleet.Fleet`, whose work is spread over them.
+
 The :class:`~devices.session_base.Session` API (re-exported here) is in :mod:`devices.session_base`;
 the kinds build on it in :mod:`devices.remote` and :mod:`devices.kernel_runner`, which this module
 imports (and which do not import it).
@@ -22,10 +25,12 @@ from typing import Any
 
 from . import kernel_runner, remote
 from .errors import DeviceError
+from .fleet import Fleet
 from .session_base import DEFAULT_CALL_TIMEOUT_S, GuardedFunction, LoadedModule, LocalSession, Session, one_line
 from .targets import TargetSpec, get_target
 
-__all__ = ["SESSION_KINDS", "GuardedFunction", "LoadedModule", "LocalSession", "Session", "one_line", "open_session"]
+__all__ = ["SESSION_KINDS", "Fleet", "GuardedFunction", "LoadedModule", "LocalSession", "Session", "one_line",
+           "open_fleet", "open_session"]
 
 SESSION_KINDS = ("local", "rpc", "tracker:HOST:PORT:KEY", "emulator")
 
@@ -88,3 +93,34 @@ def open_session(kind: str, target: str | TargetSpec = "host", **options: Any) -
             f"{', '.join(['call_timeout_s', *accepted])}; not {', '.join(unknown)}"
         )
     return opener(*fixed, **options)
+
+
+#: How long a fleet waits for each device after the first that the tracker listed as free.
+FLEET_REQUEST_TIMEOUT_S = 5.0
+
+
+def open_fleet(kind: str, target: str | TargetSpec = "x86", **options: Any) -> Fleet:
+    """Open every free device of a ``tracker:HOST:PORT:KEY`` kind at once; one session for other kinds.
+
+    Parameters
+    ----------
+    kind, target, **options
+        As for :func:`open_session` (the first device is waited for as long as it waits).
+
+    Returns
+    -------
+    Fleet
+        As many sessions as the tracker listed free devices of the key (at least one); a device
+        another client took meanwhile is not waited for.
+    """
+    first = open_session(kind, target, **options)
+    sessions = [first]
+    if kind.startswith("tracker:"):
+        host, port, key = _parse_tracker_kind(kind)
+        extra = {**options, "request_timeout_s": FLEET_REQUEST_TIMEOUT_S}
+        try:
+            for _ in range(remote.free_devices(host, port, key)):
+                sessions.append(open_session(kind, target, **extra))
+        except DeviceError:
+            pass  # taken by another client meanwhile: the fleet works with the devices it has
+    return Fleet(sessions)

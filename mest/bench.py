@@ -60,10 +60,10 @@ def build_variants(model_name: str, scheme: str, sparsity: float, in_channels: i
     masked_model = copy.deepcopy(dense)
     masked = Variant(masked_model, SparseState.prune_init(masked_model, default_profile(masked_model, sparsity), scheme))
     tvm_model = copy.deepcopy(masked_model)
-    tvm = Variant(tvm_model, SparseState.from_masks(tvm_model, masked.sparse.masks, masked.sparse.schemes,
-                                                    masked.sparse.sparsity))
-    peaks = tvm.sparse.peak_counts(MutationSchedule("ems", sparsity, update_freq=5, decay_epochs=(90, 120)))
-    to_compact(tvm.model, tvm.sparse, tvm.optimizer, capacity=peaks, batch_size=batch)
+    tvm_sparse = SparseState.from_masks(tvm_model, masked.sparse.masks, masked.sparse.schemes, masked.sparse.sparsity)
+    peaks = tvm_sparse.peak_counts(MutationSchedule("ems", sparsity, update_freq=5, decay_epochs=(90, 120)))
+    to_compact(tvm_model, tvm_sparse, capacity=peaks, batch_size=batch)  # before the Variant's optimizer
+    tvm = Variant(tvm_model, tvm_sparse)
     return {"pytorch-dense": Variant(dense, None), "torch-mask": masked, "tvm": tvm}
 
 

@@ -10,6 +10,7 @@ over a file it could not read.
 
 from __future__ import annotations
 
+import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +135,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         content does not fit together (masks of no weight, an epoch past the run, ...).
     """
     path = find_checkpoint(path)
+    return checkpoint_from_bytes(read_checkpoint_bytes(path), path)
+
+
+def read_checkpoint_bytes(path: Path) -> bytes:
+    """The content of the checkpoint file ``path``; :class:`CheckpointError` if it cannot be read."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or type(err).__name__}") from None
+
+
+def checkpoint_from_bytes(data: bytes, path: Path) -> Checkpoint:
+    """:func:`load_checkpoint` of a checkpoint file's bytes (as rank 0 sends them to the other ranks).
+
+    Parameters
+    ----------
+    data : bytes
+        The file's content.
+    path : Path
+        Where it was read (for messages, and the run directory it belongs to).
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             damaged = archive.testzip()
-        state = None if damaged else torch.load(path, map_location="cpu", weights_only=True)
+        state = None if damaged else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (a torch.load of corrupt bytes raises any type; none is our bug)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or not a torch file ({reason[:120]})") from None

@@ -110,9 +110,9 @@ def check_compact_layers(model_name: str, profile: dict[str, float], profile_pat
     model_name : str
         The model of the run (its layer shapes do not depend on the data).
     profile : dict of str to float
-        The run's ``--profile``, as :func:`mest.sparsity.read_profile` read it.
+        The run's profile, as :func:`mest.sparsity.read_profile` read it.
     profile_path : Path
-        Where it was read from (for the error message).
+        Its ``--profile`` JSON file (named by the errors).
     scheme : str
         The run's scheme (a layer it cannot take is refused first, as on any backend).
 

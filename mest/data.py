@@ -8,7 +8,8 @@
   (32x32x3), as many labels as images, every label a class of the dataset.
 
 Every random choice (shuffle, crop, flip) comes from a generator the trainer seeds per epoch, so a
-resumed run sees exactly the batches of an uninterrupted one.
+resumed run sees exactly the batches of an uninterrupted one; under torchrun every rank draws the
+same choices for each whole batch and takes its :func:`shard` of it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -212,38 +214,86 @@ def _load_cifar(name: str, data_dir: Path) -> Dataset:
                    num_classes=classes, crop_padding=4, horizontal_flip=True)
 
 
-def augment(images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after zero padding by ``padding`` pixels, then a random horizontal flip."""
-    n, _, h, w = images.shape
-    if padding:
-        padded = F.pad(images, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, images.shape[1], h, w + 2 * padding)
-        images = padded.gather(2, rows)
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, images.shape[1], h, w)
-        images = images.gather(3, cols)
-    if flip:
-        flipped = torch.rand(n, generator=generator) < 0.5
-        images = torch.where(flipped[:, None, None, None], images.flip(3), images)
-    return images
+@dataclass(frozen=True)
+class Augmentation:
+    """The random choices of one batch's augmentation: crop offsets (None without padding) and flips
+    (None without flipping), one per image."""
+
+    dy: torch.Tensor | None
+    dx: torch.Tensor | None
+    flipped: torch.Tensor | None
+
+    @classmethod
+    def draw(cls, n: int, padding: int, flip: bool, generator: torch.Generator) -> "Augmentation":
+        """Draw the choices of ``n`` images (always in this order: row offsets, column offsets, flips)."""
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator) if padding else None
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator) if padding else None
+        flipped = torch.rand(n, generator=generator) < 0.5 if flip else None
+        return cls(dy, dx, flipped)
+
+    def __getitem__(self, part: slice) -> "Augmentation":
+        """The choices of the images ``part`` of the batch."""
+        return Augmentation(*(None if t is None else t[part] for t in (self.dy, self.dx, self.flipped)))
+
+    def apply(self, images: torch.Tensor, padding: int) -> torch.Tensor:
+        """Random crop after zero padding by ``padding`` pixels, then a random horizontal flip."""
+        n, _, h, w = images.shape
+        if self.dy is not None:
+            padded = F.pad(images, (padding,) * 4)
+            rows = (self.dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, images.shape[1], h, w + 2 * padding)
+            images = padded.gather(2, rows)
+            cols = (self.dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, images.shape[1], h, w)
+            images = images.gather(3, cols)
+        if self.flipped is not None:
+            images = torch.where(self.flipped[:, None, None, None], images.flip(3), images)
+        return images
 
 
-def train_batches(
-    dataset: Dataset, indices: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Shuffled, augmented batches of the training examples ``indices``.
+def shard(count: int, rank: int, ranks: int) -> slice:
+    """The contiguous part of ``count`` items that rank ``rank`` of ``ranks`` takes.
 
-    Yields
-    ------
-    tuple
-        ``(example indices, images, labels)``; the indices key the forgetting statistics.
+    Parts are consecutive and cover all items; their sizes differ by at most one (the first parts
+    are the larger), as ``torch.tensor_split`` cuts them.
+    """
+    base, extra = divmod(count, ranks)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+class Batch(NamedTuple):
+    """A rank's part of one training batch.
+
+    Attributes
+    ----------
+    indices : torch.Tensor
+        Example indices (they key the forgetting statistics).
+    images, labels : torch.Tensor
+        The augmented images and their labels.
+    examples : int
+        Examples in the whole batch, over all ranks.
+    """
+
+    indices: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    examples: int
+
+
+def train_batches(dataset: Dataset, indices: torch.Tensor, batch_size: int, generator: torch.Generator,
+                  rank: int = 0, ranks: int = 1) -> Iterator[Batch]:
+    """Shuffled, augmented batches of the training examples ``indices``: rank ``rank``'s part of each.
+
+    Every rank draws the same permutation and the same augmentation of each whole batch from
+    ``generator``, then takes its :func:`shard` of the batch, so the parts of all ranks together
+    are exactly the batches of one process.
     """
     order = indices[torch.randperm(len(indices), generator=generator)]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        images = augment(dataset.train.images[idx], dataset.crop_padding, dataset.horizontal_flip, generator)
-        yield idx, images, dataset.train.labels[idx]
+        augmentation = Augmentation.draw(len(idx), dataset.crop_padding, dataset.horizontal_flip, generator)
+        part = shard(len(idx), rank, ranks)
+        images = augmentation[part].apply(dataset.train.images[idx[part]], dataset.crop_padding)
+        yield Batch(idx[part], images, dataset.train.labels[idx[part]], len(idx))
 
 
 def test_batches(split: Split, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -25,3 +25,7 @@ class CheckpointError(MestError, OSError):
 
 class RunDirError(MestError, OSError):
     """A run directory cannot be created or written, or another run holds it."""
+
+
+class DistributedError(MestError, RuntimeError):
+    """The ranks of a torchrun run cannot reach each other, or their states diverged."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mest.errors import ConfigError, SchemeError
+from mest.errors import ConfigError
 from mest.models import conv_bn_pairs
 from mest.mutation import MutationSchedule
 from mest.schemes import derived_generator, get_scheme
@@ -193,9 +193,6 @@ class SparseState:
             weight = params[fqn].detach()
             rule.check(weight.shape, 1.0 - sparsity)
             masks[fqn] = rule.prune(weight.abs(), torch.ones_like(weight, dtype=torch.bool), 1.0 - sparsity)
-            if not masks[fqn].any():
-                raise SchemeError(f"sparsity {sparsity:g} leaves {fqn} ({weight.numel()} weights) with none under "
-                                  f"the {scheme} scheme; give a lower sparsity")
         state = cls.from_masks(model, masks, {f: scheme for f in profile}, dict(profile))
         state.apply_to_weights()
         return state

@@ -8,18 +8,26 @@ Examples
 
 A run locks its directory for its whole life (:mod:`mest.rundir`): a second ``mest.train`` on the
 same ``--out``, or a ``--resume`` of a running run, is refused; so is resuming a finished run.
+
+Under ``torchrun --nproc-per-node N -m mest.train ...`` the run is data-parallel (:mod:`mest.distributed`):
+rank 0 holds the lock and writes the run directory, and sends the checkpoint it resumes from to the
+other ranks. A group that torchrun restarts (``--max-restarts``, ``TORCHELASTIC_RESTART_COUNT > 0``)
+resumes from the checkpoint in ``--out`` when it holds the same configuration, instead of refusing it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
-from mest.checkpoint import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, resolve_checkpoint_path
+from mest.checkpoint import (CHECKPOINT_NAME, checkpoint_from_bytes, find_checkpoint, read_checkpoint_bytes,
+                             resolve_checkpoint_path)
 from mest.cli import ArgumentParser, run_main
-from mest.config import BACKENDS, DEFAULT_PRESET, PRESETS, get_preset
+from mest.config import BACKENDS, DEFAULT_PRESET, PRESETS, TrainConfig, get_preset
 from mest.data import DATASET_NAMES
+from mest.distributed import DEFAULT_TIMEOUT_S, World, process_group
 from mest.errors import CheckpointError, ConfigError
 from mest.models import MODEL_NAMES
 from mest.rundir import LOCK_NAME, locked_run_dir
@@ -71,6 +79,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--resume", type=Path, help="continue the run in this checkpoint or run directory "
                         "(default: none, a new run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help="under torchrun: how long a rank waits for the others, at start-up and in every "
+                        f"exchange, before it fails (default {DEFAULT_TIMEOUT_S:g})")
     preset = PRESETS[DEFAULT_PRESET]
     overrides = parser.add_argument_group(
         "preset fields", f"each defaults to the --preset's value; the defaults shown are {DEFAULT_PRESET}'s")
@@ -98,37 +109,71 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_presets:
         print("\n".join(sorted(PRESETS)))
         return 0
+    if not args.dist_timeout > 0:
+        raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout:g}")
     overrides = {name: getattr(args, name) for name in OVERRIDES}
     if args.decay_epochs is not None:
         overrides["decay_epochs"] = args.decay_epochs
-    progress = not args.no_progress
+    world = World.from_env()
+    config, out_dir = None, None
     if args.resume is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None]
         if given or args.out is not None:
             raise ConfigError(f"--resume takes its configuration from the checkpoint; drop {' '.join(given or ['--out'])}")
-        path = find_checkpoint(args.resume)
-        with locked_run_dir(path.parent, create=False):
-            checkpoint = load_checkpoint(path)
-            if checkpoint.epoch >= checkpoint.config.epochs:
-                raise CheckpointError(f"the run in {path.parent} is finished ({checkpoint.epoch} of "
-                                      f"{checkpoint.config.epochs} epochs): nothing to resume")
-            trainer = Trainer.resume(checkpoint, progress=progress)
-            print(f"resuming {checkpoint.path} at epoch {checkpoint.epoch + 1}/{checkpoint.config.epochs}")
-            return _train(trainer)
-    config = get_preset(args.preset).override(**overrides)
-    out_dir = args.out if args.out is not None else _fresh_out_dir(args.preset)
-    with locked_run_dir(out_dir):
-        if (out_dir / CHECKPOINT_NAME).exists():
-            raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume {out_dir} or another --out")
-        trainer = Trainer(config, out_dir, progress=progress)
-        print(f"training {config.model} on {config.dataset}: {config.scheme} sparsity {config.sparsity:g}, "
-              f"schedule {config.schedule}, {config.epochs} epochs -> {out_dir}")
+    else:
+        config = get_preset(args.preset).override(**overrides)
+        if args.out is None and world.max_restarts > 0:
+            raise ConfigError("under torchrun --max-restarts give --out DIR, so that a restarted group finds its checkpoint")
+        out_dir = args.out if args.out is not None else _fresh_out_dir(args.preset)
+    with process_group(world, args.dist_timeout), contextlib.ExitStack() as lock:
+        data = world.from_main(lambda: _checkpoint_bytes(args, config, out_dir, world, lock))
+        if data is not None:
+            checkpoint = checkpoint_from_bytes(data, resolve_checkpoint_path(args.resume or out_dir))
+            trainer = Trainer.resume(checkpoint, progress=not args.no_progress, world=world)
+            _say(world, f"resuming {checkpoint.path} at epoch {checkpoint.epoch + 1}/{checkpoint.config.epochs}")
+        else:
+            trainer = Trainer(config, out_dir, progress=not args.no_progress, world=world)
+            _say(world, f"training {config.model} on {config.dataset}: {config.scheme} sparsity {config.sparsity:g}, "
+                 f"schedule {config.schedule}, {config.epochs} epochs -> {out_dir}")
         return _train(trainer)
 
 
+def _checkpoint_bytes(args: argparse.Namespace, config: TrainConfig | None, out_dir: Path | None,
+                      world: World, lock: contextlib.ExitStack) -> bytes | None:
+    """On rank 0: lock the run directory (for as long as ``lock`` lasts), then return the bytes of
+    the checkpoint to resume from, or None for a fresh run. A finished run, or a checkpoint that a
+    fresh run would overwrite, is refused; a group that torchrun restarted resumes its own run."""
+    if args.resume is not None:
+        path = find_checkpoint(args.resume)
+        lock.enter_context(locked_run_dir(path.parent, create=False))
+    else:
+        lock.enter_context(locked_run_dir(out_dir))
+        path = out_dir / CHECKPOINT_NAME
+        if not path.exists():
+            return None
+        if world.restart == 0:
+            raise CheckpointError(f"{out_dir} already holds a checkpoint; pass --resume {out_dir} or another --out")
+    data = read_checkpoint_bytes(path)
+    checkpoint = checkpoint_from_bytes(data, path)
+    if config is not None and checkpoint.config != config:  # a restarted group, and someone else's run
+        raise CheckpointError(f"{out_dir} holds a checkpoint of another configuration; torchrun's restart "
+                              "cannot resume it (pass --resume, or another --out)")
+    if checkpoint.epoch >= checkpoint.config.epochs:
+        raise CheckpointError(f"the run in {path.parent} is finished ({checkpoint.epoch} of "
+                              f"{checkpoint.config.epochs} epochs): nothing to resume")
+    return data
+
+
+def _say(world: World, line: str) -> None:
+    if world.is_main:
+        print(line, flush=True)
+
+
 def _train(trainer: Trainer) -> int:
-    """Run the trainer to the end and print the run's summary."""
+    """Run the trainer to the end and print the run's summary (on rank 0)."""
     final = trainer.run()
+    if not trainer.world.is_main:
+        return 0
     summary = run_summary(trainer.history)
     print(f"test accuracy {final['test_acc']:.4f} at density {final['density']:.4f} of the sparse layers "
           f"({len(trainer.history)} epochs, {summary['seconds']:.0f} s, backend {trainer.config.backend})")

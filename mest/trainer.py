@@ -22,7 +22,8 @@ from tqdm import tqdm
 from devices.files import atomic_write_text, remove_stale_temporaries
 from mest.checkpoint import CHECKPOINT_NAME, Checkpoint, ModelSpec, save_checkpoint
 from mest.config import TrainConfig
-from mest.data import Dataset, load_dataset, test_batches, train_batches
+from mest.data import Dataset, Split, load_dataset, shard, test_batches, train_batches
+from mest.distributed import World
 from mest.errors import CheckpointError, ConfigError
 from mest.forgetting import (ForgettingStats, check_ranking, check_remove_count, read_ranking, save_ranking,
                              unforgettable)
@@ -34,19 +35,19 @@ RANKING_NAME = "forgetting_ranking.json"
 PLOT_NAME = "training.png"
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of an epoch's shuffle and augmentation, derived from ``(seed, epoch)``."""
-    return torch.Generator().manual_seed(zlib.crc32(f"data:{seed}:{epoch}".encode()))
+#: What restoring a state dict of the wrong shape or kind raises.
+RESTORE_ERRORS = (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError)
 
 
-#: What restoring a checkpoint's payload into the model, optimizer and statistics may raise.
-_RESTORE_ERRORS = (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError)
-
-
-def _restore_error(checkpoint: Checkpoint, err: Exception) -> CheckpointError:
+def _unrestorable(checkpoint: Checkpoint, err: Exception) -> CheckpointError:
     """The one-line error of a checkpoint whose payload does not fit this run."""
     reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
     return CheckpointError(f"checkpoint {checkpoint.path} cannot be restored: {reason}")
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of an epoch's shuffle and augmentation, derived from ``(seed, epoch)``."""
+    return torch.Generator().manual_seed(zlib.crc32(f"data:{seed}:{epoch}".encode()))
 
 
 class Trainer:
@@ -61,14 +62,20 @@ class Trainer:
     dataset : Dataset, optional
         Preloaded data (tests); loaded from the config otherwise.
     progress : bool
-        Show a progress bar.
+        Show a progress bar (on rank 0).
+    checkpoint : Checkpoint, optional
+        Resume from it (see :meth:`resume`).
+    world : World, optional
+        The ranks under torchrun (:mod:`mest.distributed`); one process by default.
     """
 
     def __init__(self, config: TrainConfig, out_dir: Path, dataset: Dataset | None = None,
-                 progress: bool = True, checkpoint: Checkpoint | None = None) -> None:
+                 progress: bool = True, checkpoint: Checkpoint | None = None, world: World | None = None) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
-        self.progress = progress
+        self.world = world if world is not None else World()
+        self.world.check_config(config.backend, config.batch_size)
+        self.progress = progress and self.world.is_main
         # The files a config names are read before the data, so a bad one costs no data loading.
         ranking = read_ranking(Path(config.ranking_in)) if config.ranking_in else None
         profile = read_profile(Path(config.profile)) if config.profile else None
@@ -82,6 +89,8 @@ class Trainer:
         if config.batch_size > len(self.data.train):
             raise ConfigError(f"batch_size {config.batch_size} is larger than the training set "
                               f"({len(self.data.train)} examples)")
+        self.world.check_epochs(config.batch_size, [len(self.data.train)] + (
+            [len(self.data.train) - config.remove_count] if config.removes_examples() else []))
         self.spec = ModelSpec(config.model, self.data.num_classes, self.data.in_channels, self.data.image_size)
         self.schedule = config.mutation_schedule()
         torch.manual_seed(config.seed)
@@ -95,7 +104,8 @@ class Trainer:
             from mest.compact import to_compact
 
             to_compact(self.model, self.sparse, capacity=self.sparse.peak_counts(self.schedule),
-                       batch_size=config.batch_size)
+                       batch_size=self.world.local_batch(config.batch_size))
+        self.world.prepare(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
@@ -107,12 +117,15 @@ class Trainer:
                            if ranking is not None else None)
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.step_model = self.world.wrap(self.model)  # the model under DDP (itself for one process)
+        self._shapes = {name: p.shape for name, p in self.model.named_parameters()}
 
     @classmethod
-    def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True) -> "Trainer":
+    def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True,
+               world: World | None = None) -> "Trainer":
         """A trainer in the state a checkpoint recorded, writing into the checkpoint's directory."""
         return cls(checkpoint.config, checkpoint.path.parent, dataset=dataset, progress=progress,
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, world=world)
 
     def _restore_model(self, checkpoint: Checkpoint) -> None:
         if self.spec != checkpoint.model_spec:
@@ -120,8 +133,8 @@ class Trainer:
         try:
             self.model.load_state_dict(checkpoint.state["model"])
             self.sparse = SparseState.from_state_dict(self.model, checkpoint.state["sparse"])
-        except _RESTORE_ERRORS as err:
-            raise _restore_error(checkpoint, err) from None
+        except RESTORE_ERRORS as err:
+            raise _unrestorable(checkpoint, err) from None
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state
@@ -137,8 +150,8 @@ class Trainer:
             self.kept_examples = state["kept_examples"].long()
             self.history = list(state["history"])
             torch.set_rng_state(state["rng"]["torch"])
-        except _RESTORE_ERRORS as err:
-            raise _restore_error(checkpoint, err) from None
+        except RESTORE_ERRORS as err:
+            raise _unrestorable(checkpoint, err) from None
         examples, kept = len(self.data.train), self.kept_examples
         kept_fits = (kept.ndim == 1 and len(kept) > 0 and len(kept.unique()) == len(kept)
                      and 0 <= int(kept.min()) and int(kept.max()) < examples)
@@ -152,10 +165,12 @@ class Trainer:
     # -- one run ---------------------------------------------------------------------------
     def run(self) -> dict:
         """Train the remaining epochs (after :meth:`tidy_run_dir`); return the last epoch's metrics."""
-        self.tidy_run_dir()
+        if self.world.is_main:
+            self.tidy_run_dir()
         while self.epoch < self.config.epochs:
             self.run_epoch()
-        self.write_plot()
+        if self.world.is_main:
+            self.write_plot()
         return self.history[-1]
 
     def tidy_run_dir(self) -> None:
@@ -180,19 +195,23 @@ class Trainer:
             t0 = time.perf_counter()
             records = self.sparse.mutate(self.model, self.optimizer, self.schedule, epoch, config.seed,
                                          config.grad_weight)
+            self.world.check_shapes(self.model, self._shapes)
+            checked = time.perf_counter()
+            digest = self.world.check_same_masks(self.sparse.masks, epoch)
             mutation = {"seconds": time.perf_counter() - t0,
                         "pruned": sum(r.pruned for r in records.values()),
-                        "grown": sum(r.grown for r in records.values())}
+                        "grown": sum(r.grown for r in records.values()),
+                        "mask_digest": digest, "mask_check_seconds": time.perf_counter() - checked}
         train_started = time.perf_counter()
         train_loss, train_acc = self.train_one_epoch()
         train_seconds = time.perf_counter() - train_started
         self.scheduler.step()
-        test_loss, test_acc = evaluate(self.model, self.data, config.batch_size)
+        test_loss, test_acc = evaluate(self.model, self.data, self.world.local_batch(config.batch_size), self.world)
         held, dense = self.sparse.state_bytes()
         metrics = {
             "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
             "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc,
-            "examples": len(self.kept_examples), "density": self.sparse.overall_density(),
+            "examples": len(self.kept_examples), "ranks": self.world.size, "density": self.sparse.overall_density(),
             "layer_density": self.sparse.densities(), "mutation": mutation,
             "train_seconds": train_seconds, "examples_per_s": len(self.kept_examples) / train_seconds,
             "kernel_build_seconds": self._kernel_build_seconds() - builds_before,
@@ -201,8 +220,9 @@ class Trainer:
         }
         self.history.append(metrics)
         self.epoch += 1
-        self.write_metrics()
-        self.save()
+        if self.world.is_main:
+            self.write_metrics()
+            self.save()
         if self.progress:
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.3f} train acc {train_acc:.3f} "
                        f"test acc {test_acc:.3f} density {metrics['density']:.3f}")
@@ -217,35 +237,46 @@ class Trainer:
         return default_cache().seconds
 
     def train_one_epoch(self) -> tuple[float, float]:
-        """One pass over the kept examples; returns mean loss and accuracy."""
+        """One pass over the kept examples (this rank's share of each batch); returns the mean loss
+        and accuracy over all ranks, and records every example's outcome for the forgetting statistics."""
         self.model.train()
         generator = epoch_generator(self.config.seed, self.epoch)
-        batches = train_batches(self.data, self.kept_examples, self.config.batch_size, generator)
+        batches = train_batches(self.data, self.kept_examples, self.config.batch_size, generator,
+                                self.world.rank, self.world.size)
         steps = -(-len(self.kept_examples) // self.config.batch_size)
         bar = tqdm(batches, total=steps, desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
                    leave=False, disable=not self.progress)
         loss_sum, correct_sum, seen = 0.0, 0, 0
-        for indices, images, labels in bar:
-            logits = self.model(images)
-            loss = F.cross_entropy(logits, labels)
+        outcomes = []
+        for indices, images, labels, examples in bar:
+            logits = self.step_model(images)
+            # Summed over this rank's examples, over the batch's share per rank: DDP's mean over the
+            # ranks is then the gradient of the whole batch's mean loss (the mean itself for one process).
+            summed = F.cross_entropy(logits, labels, reduction="sum")
+            loss = summed / (examples / self.world.size)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.sparse.apply_to_grads()
             self.optimizer.step()
             self.sparse.apply_to_weights()
             correct = logits.detach().argmax(dim=1) == labels
-            self.forgetting.update(indices, correct)
-            loss_sum += loss.item() * len(labels)
+            outcomes.append((indices, correct))
+            loss_sum += summed.item()
             correct_sum += int(correct.sum())
             seen += len(labels)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}",
                             density=f"{self.sparse.overall_density():.3f}")
+        indices, correct = self.world.combine_outcomes(torch.cat([i for i, _ in outcomes]),
+                                                       torch.cat([c for _, c in outcomes]), len(self.data.train))
+        self.forgetting.update(indices, correct)  # each example is presented once an epoch: order is moot
+        loss_sum, correct_sum, seen = self.world.sum([loss_sum, correct_sum, seen])
         return loss_sum / seen, correct_sum / seen
 
     def remove_unforgettable(self) -> None:
         """Drop the ``remove_count`` least-forgotten examples (from the loaded ranking if given)."""
         ranking = self.ranking_in if self.ranking_in is not None else self.forgetting.ranking()
-        save_ranking(self.out_dir / RANKING_NAME, ranking, self.forgetting.events)
+        if self.world.is_main:
+            save_ranking(self.out_dir / RANKING_NAME, ranking, self.forgetting.events)
         removed = unforgettable(ranking, self.config.remove_count)
         keep = torch.ones(len(self.data.train), dtype=torch.bool)
         keep[removed] = False
@@ -299,15 +330,19 @@ def run_summary(history: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy on the test split, in eval mode."""
+def evaluate(model: nn.Module, data: Dataset, batch_size: int, world: World | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy on the test split, in eval mode (each rank of ``world`` evaluates its
+    :func:`~mest.data.shard` of the split, and the sums are reduced)."""
     model.eval()
+    world = world if world is not None else World()
+    part = shard(len(data.test), world.rank, world.size)
     loss_sum, correct, seen = 0.0, 0, 0
-    for images, labels in test_batches(data.test, batch_size):  # the training batch: same kernels
-        logits = model(images)
+    for images, labels in test_batches(Split(data.test.images[part], data.test.labels[part]), batch_size):
+        logits = model(images)  # at the training batch (of a rank): the same kernels
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == labels).sum())
         seen += len(labels)
+    loss_sum, correct, seen = world.sum([loss_sum, correct, seen])
     if seen == 0:
         raise ConfigError("the test split is empty")
     return loss_sum / seen, correct / seen

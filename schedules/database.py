@@ -163,6 +163,15 @@ def _seconds(value: object) -> float:
     return float(value)
 
 
+def _set_aside(path: Path, why: str) -> Path | None:
+    """:func:`devices.files.set_aside`, with a file that cannot be renamed a :class:`TuningDatabaseError`."""
+    try:
+        return set_aside(path, why)
+    except OSError as err:
+        raise TuningDatabaseError(f"tuning database {path} is {why} and cannot be set aside: "
+                                  f"{err.strerror or err}") from None
+
+
 def default_directory() -> Path:
     """``<cache root>/tune-db``: ``$MEST_TVM_CACHE/tune-db`` (see :func:`devices.cache.cache_root`)."""
     return cache_root() / DIRECTORY_NAME
@@ -181,7 +190,7 @@ def _parse_records(data: object) -> tuple[dict[str, Record], bool]:
     for key, value in records.items():
         try:
             parsed[key] = Record.from_json(value)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):  # AttributeError: a record that is no object
             intact = False
     return parsed, intact
 
@@ -250,7 +259,7 @@ class TuningDatabase:
     def _check_meta(self) -> None:
         problem = self._meta_problem()
         if problem:
-            kept = [aside for path in self._ours() if (aside := set_aside(path, "foreign")) is not None]
+            kept = [aside for path in self._ours() if (aside := _set_aside(path, "foreign")) is not None]
             self.warn(f"tuning database {self.path} not used: {problem}; kept its files as "
                       f"{', '.join(p.name for p in kept) or 'nothing'}; a fresh database starts")
         if not (self.path / META_NAME).exists():
@@ -269,7 +278,7 @@ class TuningDatabase:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             return {}
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # nested past the limit
             data, why = None, f"not a readable JSON file ({type(err).__name__})"
         else:
             why = "not a set of tuning records"
@@ -277,7 +286,7 @@ class TuningDatabase:
         if not intact:
             if records:
                 why = "holding records that do not parse"
-            aside = set_aside(path, "corrupt")
+            aside = _set_aside(path, "corrupt")
             self.warn(f"tuning records {path} are {why}; kept the file as {aside.name if aside else '(gone)'}"
                       f"{f' and its {len(records)} good records' if records else ''}; a fresh file starts")
         return records
@@ -340,7 +349,7 @@ class TuningDatabase:
         tvm.s_tir.meta_schedule.database.JSONDatabase
             The fresh, empty database.
         """
-        aside = set_aside(self.dense_path(target_name), "rejected")
+        aside = _set_aside(self.dense_path(target_name), "rejected")
         self.warn(f"tuning database {self.path}: {reason}; kept {self.dense_path(target_name).name} as "
                   f"{aside.name if aside else '(gone)'}; fresh dense records start")
         self._dense[target_name] = self._open_dense(target_name)

@@ -12,8 +12,12 @@ import os
 
 
 def num_threads() -> int:
-    """Worker threads of the kernels: ``TVM_NUM_THREADS`` if set, else the CPU count."""
-    return int(os.environ.get("TVM_NUM_THREADS", "0")) or os.cpu_count() or 1
+    """Worker threads of the kernels: ``TVM_NUM_THREADS`` if set, else ``OMP_NUM_THREADS`` (what
+    ``torchrun`` gives each of several workers on one machine: 1), else the CPU count."""
+    for variable in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(variable, "").isdigit() and int(os.environ[variable]) > 0:
+            return int(os.environ[variable])
+    return os.cpu_count() or 1
 
 
 def configure_threads() -> None:

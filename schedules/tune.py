@@ -11,7 +11,10 @@ workload, features = knobs + workload shape, trained on every measurement of the
 over from layer to layer) until ``trials`` candidates are measured; the best few are then re-timed
 round-robin with the default (the machine may be shared) and the fastest is kept. Measurements go through a
 ``devices`` session (``local``, ``rpc``, ``tracker:HOST:PORT:KEY``), so tuning a remote ARM board is
-the same command. The best knobs go into the JSON tuning database; a workload already tuned with at
+the same command; through a tracker, every free device of the key measures at once (a
+:class:`devices.fleet.Fleet`: each batch of candidates is spread over them, the finalists are
+re-timed on one, a device lost mid-tune hands its candidate to another) and the measurements of
+each device are printed. The best knobs go into the JSON tuning database; a workload already tuned with at
 least as many trials is reused without searching.
 
 Command::
@@ -28,10 +31,12 @@ import argparse
 import random
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from devices.fleet import Fleet
 from devices.cli import CommandParser
 from schedules.cache import compile_kernel, workload
 from schedules.database import Record, TuningDatabase, Workload
@@ -152,16 +157,44 @@ def _arguments(session, fmt: SparseFormat, direction: str, x_shape: tuple[int, .
     return [session.array(a) for a in arrays]
 
 
-def load_knobs(session, fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int, knobs: Knobs):
-    """Build one candidate for the session's target and load it there."""
-    executable = compile_kernel(fmt, direction, x_shape, stride, session.target.name, knobs)
-    return session.load(executable, name=f"{fmt.scheme}_{direction}")
+class _Measurements:
+    """Candidates of one kernel, built here (in this thread) and timed on any device of a fleet.
 
+    Each device gets the kernel's arguments once (the same seeded data everywhere).
+    """
 
-def measure_knobs(session, fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int, knobs: Knobs, arguments: list, number: int = 3, repeat: int = 5) -> float:
-    """Build one candidate for the session's target and return its median seconds there."""
-    module = load_knobs(session, fmt, direction, x_shape, stride, knobs)
-    return session.time(module, "main", arguments, number=number, repeat=repeat).median_s
+    def __init__(self, fleet: Fleet, fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int,
+                 seed: int) -> None:
+        self.fleet, self.fmt, self.direction, self.x_shape, self.stride, self.seed = fleet, fmt, direction, x_shape, stride, seed
+        self._arguments: dict[int, list] = {}
+
+    def build(self, knobs: Knobs) -> Any:
+        """One candidate compiled for the fleet's target."""
+        return compile_kernel(self.fmt, self.direction, self.x_shape, self.stride, self.fleet.target.name, knobs)
+
+    def arguments(self, session) -> list:
+        """The kernel's arguments on ``session``'s device."""
+        if id(session) not in self._arguments:
+            self._arguments[id(session)] = _arguments(session, self.fmt, self.direction, self.x_shape, self.stride,
+                                                      np.random.default_rng(self.seed))
+        return self._arguments[id(session)]
+
+    def load(self, session, executable: Any) -> Any:
+        return session.load(executable, name=f"{self.fmt.scheme}_{self.direction}")
+
+    def seconds(self, knobs: list[Knobs], number: int = 3, repeat: int = 5) -> list[float]:
+        """Median seconds of each candidate, the candidates spread over the fleet's devices."""
+        def measure(session, executable: Any) -> float:
+            module = self.load(session, executable)
+            return session.time(module, "main", self.arguments(session), number=number, repeat=repeat).median_s
+
+        return self.fleet.map(measure, [self.build(k) for k in knobs])
+
+    def confirm(self, finalists: dict[int, Knobs]) -> dict[int, float]:
+        """:func:`confirm` of the finalists on one device (times of one device compare fairly)."""
+        built = {index: self.build(knobs) for index, knobs in finalists.items()}
+        return self.fleet.run(lambda session: confirm(
+            session, {index: self.load(session, exe) for index, exe in built.items()}, self.arguments(session)))
 
 
 def confirm(session, modules: dict[int, object], arguments: list, rounds: int = 5, number: int = 3) -> dict[int, float]:
@@ -190,7 +223,7 @@ def torch_dense_seconds(fmt: SparseFormat, direction: str, x_shape: tuple[int, .
 
 
 def tune_kernel(
-    session,
+    devices,
     database: TuningDatabase,
     ranker: KnobRanker,
     fmt: SparseFormat,
@@ -208,8 +241,9 @@ def tune_kernel(
 
     Parameters
     ----------
-    session : devices.sessions.Session
-        Where candidates are measured.
+    devices : devices.sessions.Session or devices.fleet.Fleet
+        Where candidates are measured: each batch is spread over a fleet's devices, and the
+        finalists are re-timed on one of them.
     database : TuningDatabase
         Read first (a record with at least ``trials`` trials is reused), written at the end.
     ranker : KnobRanker
@@ -233,7 +267,8 @@ def tune_kernel(
     -------
     TuneResult
     """
-    key = workload(fmt, direction, x_shape, stride, session.target.name)
+    fleet = Fleet.of(devices)
+    key = workload(fmt, direction, x_shape, stride, fleet.target.name)
     space = knob_space(fmt, direction, x_shape, stride)
     budget = min(trials, len(space))
     known = database.lookup(key)
@@ -242,7 +277,7 @@ def tune_kernel(
             progress.update(budget)
         return TuneResult(key, known, True)
     rows = [features(k, fmt, direction, x_shape, stride) for k in space]
-    arguments = _arguments(session, fmt, direction, x_shape, stride, np.random.default_rng(seed))
+    measurements = _Measurements(fleet, fmt, direction, x_shape, stride, seed)
     rng = random.Random(seed)
     ranker.new_group()
     measured: dict[int, float] = {}
@@ -252,21 +287,17 @@ def tune_kernel(
         if not pending:
             candidates = [i for i in ranker.rank(rows, rng) if i not in measured]
             pending = candidates[: min(batch_size, budget - len(measured))]
-        batch_rows, batch_seconds = [], []
-        for index in pending:
-            seconds = measure_knobs(session, fmt, direction, x_shape, stride, space[index], arguments)
-            measured[index] = seconds
-            batch_rows.append(rows[index])
-            batch_seconds.append(seconds)
-            if progress is not None:
-                progress.update(1)
-        ranker.add(batch_rows, batch_seconds)
+        batch_seconds = measurements.seconds([space[index] for index in pending])
+        measured.update(zip(pending, batch_seconds))
+        if progress is not None:
+            progress.update(len(pending))
+        ranker.add([rows[index] for index in pending], batch_seconds)
         pending = []
     finalists = sorted(measured, key=measured.get)[:finalists_count]
     finalists = list(dict.fromkeys([*finalists, default]))
-    confirmed = confirm(session, {i: load_knobs(session, fmt, direction, x_shape, stride, space[i]) for i in finalists}, arguments)
+    confirmed = measurements.confirm({i: space[i] for i in finalists})
     best = min(confirmed, key=confirmed.get)
-    baseline = torch_dense_seconds(fmt, direction, x_shape, stride) if session.target.is_host else None
+    baseline = torch_dense_seconds(fmt, direction, x_shape, stride) if fleet.target.is_host else None
     record = Record(space[best], confirmed[best], confirmed[default], baseline, len(measured))
     database.commit(key, record, replace=retune)
     return TuneResult(key, record, False)
@@ -304,7 +335,8 @@ def build_parser() -> CommandParser:
                         help="sparsity scheme, required (channel runs a smaller dense conv: nothing to tune)")
     parser.add_argument("--density", type=float, default=0.1, help="fraction of weights kept, in (0, 1]")
     parser.add_argument("--target", default="host", help="target name of the devices table (host: this machine)")
-    parser.add_argument("--session", default="local", help="devices session: local, rpc, emulator, tracker:HOST:PORT:KEY")
+    parser.add_argument("--session", default="local", help="devices session: local, rpc, emulator, or tracker:HOST:PORT:KEY "
+                        "(every free device of KEY at once)")
     parser.add_argument("--trials", type=int, default=16, help="candidates measured per kernel at most")
     parser.add_argument("--tune-db", metavar="DIR", default=None,
                         help="tuning database directory (default: $MEST_TVM_CACHE/tune-db, the one training and mest.compile use)")
@@ -339,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from devices.errors import DeviceError  # noqa: PLC0415
-    from devices.sessions import open_session  # noqa: PLC0415
+    from devices.sessions import open_fleet  # noqa: PLC0415
 
     try:
         layers, directions = _check_args(args)
@@ -351,11 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     ranker = KnobRanker(args.seed)
     results = []
     try:
-        session = open_session(args.session, args.target)
+        fleet = open_fleet(args.session, args.target)
     except Exception as err:  # noqa: BLE001 - devices raises its own one-line errors
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if session.emulated:
+    if fleet.emulated:
         print(f"warning: {args.session} session: timings under emulation are no speed of {args.target}; the records only show the search runs", file=sys.stderr)
     jobs = []
     for layer in layers:
@@ -363,12 +395,18 @@ def main(argv: list[str] | None = None) -> int:
         for direction in directions:
             budget = min(args.trials, len(knob_space(fmt, direction, layer.x_shape(args.batch), layer.stride)))
             jobs.append((layer, fmt, direction, budget))
-    with session, tqdm(total=sum(job[3] for job in jobs), desc=f"tuning {args.scheme} {args.density:g}", unit="trial") as bar:
-        for layer, fmt, direction, _ in jobs:
-            bar.set_postfix_str(f"{layer.name} {direction}")
-            result = tune_kernel(session, database, ranker, fmt, direction, layer.x_shape(args.batch), layer.stride, args.trials, seed=args.seed, progress=bar, retune=args.retune)
-            results.append((layer, direction, result))
+    with fleet, tqdm(total=sum(job[3] for job in jobs), desc=f"tuning {args.scheme} {args.density:g}", unit="trial") as bar:
+        try:
+            for layer, fmt, direction, _ in jobs:
+                bar.set_postfix_str(f"{layer.name} {direction}")
+                result = tune_kernel(fleet, database, ranker, fmt, direction, layer.x_shape(args.batch), layer.stride, args.trials, seed=args.seed, progress=bar, retune=args.retune)
+                results.append((layer, direction, result))
+        except DeviceError as err:  # every device lost: the records of the kernels done are kept
+            print(f"error: {err}; {len(results)} of {len(jobs)} kernels tuned, kept in {database.path}", file=sys.stderr)
+            return 1
     print(f"database {database.path}: {len(database)} records")
+    for line in fleet.report("measurements"):
+        print(line)
     for layer, direction, result in results:
         record = result.record
         torch_text = f"PyTorch dense {record.torch_seconds * 1e3:7.2f} ms ({record.torch_seconds / record.seconds:5.2f}x)" if record.torch_seconds else "PyTorch dense n/a"

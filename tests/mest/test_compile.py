@@ -197,8 +197,6 @@ def test_every_flag_states_its_default():
     for action in _parser()._actions:
         if action.option_strings and "--help" not in action.option_strings:
             assert "default" in action.help or "required" in action.help, action.option_strings
-
-
 def test_dense_records_metaschedule_rejects_are_set_aside_and_compile_succeeds(trained_run, tmp_path, capsys, cache):
     db = tmp_path / "db"
     assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "a")]) == 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mest.errors import ConfigError, SchemeError
 from mest.models import build_model
-from mest.sparsity import SparseState, check_profile, default_profile, read_profile
+from mest.sparsity import SparseState, check_profile, read_profile
 
 
 @pytest.mark.parametrize("content, message", [

@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,49 @@ def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path, capsys, arg
     assert not db.exists()
 
 
+FLEET_ARGS = ["--model", "tiny", "--image-size", "8", "--scheme", "irregular", "--density", "0.1", "--trials", "5",
+              "--batch", "2", "--layers", "8x8@8 s1", "--directions", "forward,grad_weight"]
+
+
+def test_a_tune_through_a_tracker_measures_on_every_free_device_and_outlives_a_killed_one(tmp_path, capsys):
+    from devices.loopback import start_rpc_server, start_tracker
+
+    local = tmp_path / "local-db"
+    assert main([*FLEET_ARGS, "--tune-db", str(local)]) == 0
+    capsys.readouterr()
+    fleet_db = tmp_path / "fleet-db"
+    with start_tracker() as tracker:
+        servers = [start_rpc_server(tracker=tracker.address, key="fleet") for _ in range(2)]
+        try:
+            tune = subprocess.Popen([sys.executable, "-m", "schedules.tune", *FLEET_ARGS, "--tune-db", str(fleet_db),
+                                     "--session", f"tracker:{tracker.host}:{tracker.port}:fleet"],
+                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            while not (fleet_db / "sparse.json").exists():  # the first kernel's record: one kernel to go
+                assert tune.poll() is None, tune.communicate()
+                time.sleep(0.05)
+            servers[0].kill()
+            out, err = tune.communicate(timeout=600)
+        finally:
+            for server in servers:
+                server.stop()
+    assert tune.returncode == 0, err
+    report = {line.split(", device ")[1].split(":")[1]: line for line in out.splitlines() if ", device " in line}
+    killed, kept = report[str(servers[0].port)], report[str(servers[1].port)]
+    assert killed.endswith("(lost)") and "lost" in err, (out, err)
+    worked = [int(line.split(": ")[-1].split()[0]) for line in (killed, kept)]
+    assert worked[0] >= 1 and worked[1] > worked[0], report  # both measured; the survivor did the rest
+    # The same database a local tune writes: every kernel, with the same number of trials.
+    from schedules.cache import workload
+    from schedules.tune import layer_format
+    from schedules.workloads import select_layers
+
+    conv = select_layers("tiny", "8x8@8 s1", image_size=8)[0]
+    fmt = layer_format(conv, "irregular", 0.1)
+    databases = [TuningDatabase(fleet_db), TuningDatabase(local)]
+    assert [len(database) for database in databases] == [2, 2]
+    for direction in ("forward", "grad_weight"):
+        key = workload(fmt, direction, conv.x_shape(2), conv.stride, "x86")
+        assert [database.lookup(key).trials for database in databases] == [5, 5], direction
 def test_every_flag_says_its_default(flags_without_default):
     from schedules.tune import build_parser
 
