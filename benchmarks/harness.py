@@ -14,7 +14,7 @@ user sees it (``shared/notes/benchmarks.md``). So, here:
   builds the variant's steps with the variant's setup function, then for each step makes
   ``--warmup`` untimed calls and times ``--steps`` calls (:func:`devices.timing.time_calls`: the
   project's one timer), and reports the per-call times, their median, the setup's facts and its peak
-  resident set (``ru_maxrss``) as JSON.
+  resident set (:func:`peak_rss_bytes`) as JSON.
 - The summary of a variant is the median of its processes' medians with their min-max; the ratio of
   two variants is the ratio of those medians (the commands say which). A variant that fails is
   reported on one line (``error: variant NAME failed: ...``), is not started again, and its row
@@ -250,8 +250,12 @@ def run_worker(variant: Variant, warmup: int, steps: int, environment: dict[str,
     return result
 
 
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
 def run_rounds(variants: Sequence[Variant], rounds: int, warmup: int, steps: int,
-               log: Callable[[str], None] = print) -> list[VariantResult]:
+               log: Callable[[str], None] = _print_now) -> list[VariantResult]:
     """Run every variant ``rounds`` times, alternating (A B C A B C ...), each run a process of its own.
 
     Parameters
@@ -302,7 +306,17 @@ def exit_code(results: Sequence[VariantResult]) -> int:
 # ---- the worker -------------------------------------------------------------------------------
 
 def peak_rss_bytes() -> int:
-    """Peak resident set of this process so far (``ru_maxrss``; kB on Linux, bytes on macOS)."""
+    """Peak resident set of this process so far.
+
+    ``VmHWM`` of ``/proc/self/status`` on Linux: ``ru_maxrss`` survives ``execve``, so a worker
+    started by a parent of 1 GB would report at least 1 GB. Elsewhere ``ru_maxrss`` (bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -532,6 +546,17 @@ def output_file(text: str) -> Path:
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text}: {folder} is not a writable directory")
     return path
+
+
+def host_target(name: str) -> str:
+    """The canonical name of target ``name`` if it runs on this machine, else a one-line user error."""
+    from devices.errors import UnknownTargetError  # noqa: PLC0415 - imports TVM: after parsing
+    from devices.targets import get_target  # noqa: PLC0415
+
+    spec = get_target(name)
+    if not spec.is_host:
+        raise UnknownTargetError(f"target {name!r} does not run on this machine, and the benchmarks time it here")
+    return spec.name
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser, out: str, steps: int = 10) -> None:

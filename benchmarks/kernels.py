@@ -25,7 +25,7 @@ import torch
 
 from benchmarks.harness import (
     CommandParser, Summary, Variant, VariantResult, Workload, add_protocol_arguments, at_least, density,
-    exit_code, format_ratio, list_of, machine_facts, machine_line, markdown_table, names_of, ratio, report,
+    exit_code, format_ratio, host_target, list_of, machine_facts, machine_line, markdown_table, names_of, ratio, report,
     run_command, run_rounds, write_report,
 )
 from schedules.formats import SCHEMES
@@ -257,17 +257,6 @@ def build_parser() -> CommandParser:
     return parser
 
 
-def _check_target(name: str) -> str:
-    """The canonical name of a target that runs on this machine, else a one-line error."""
-    from devices.errors import UnknownTargetError  # noqa: PLC0415 - imports TVM: after parsing
-    from devices.targets import get_target  # noqa: PLC0415
-
-    spec = get_target(name)
-    if not spec.is_host:
-        raise UnknownTargetError(f"target {name!r} does not run on this machine; the kernels are timed here (use x86)")
-    return spec.name
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -277,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         from mest.errors import ConfigError  # noqa: PLC0415
 
         raise ConfigError(str(err)) from None
-    target = _check_target(args.target)
+    target = host_target(args.target)
     variants = build_variants(layers, args.schemes, args.densities, args.batch, args.db, target)
     machine = machine_facts()
     print(f"{args.model}: {len(layers)} layer shapes at batch {args.batch}; {len(variants)} variants x "
