@@ -16,8 +16,8 @@ import sys
 import numpy as np
 
 from benchmarks.harness import (
-    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, density, host_target, list_of,
-    markdown_table, names_of, run_benchmark, run_command,
+    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, database_directory, density,
+    host_target, list_of, markdown_table, names_of, run_benchmark, run_command,
 )
 
 #: The densities tried per scheme by default (pattern keeps at most 4 of 9 weights of a kernel).
@@ -101,7 +101,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--densities", type=list_of(density), default=None,
                         help="comma-separated densities for every scheme (default: each scheme's grid)")
     parser.add_argument("--target", default="x86", help="target compiled for; the convs run here, so this machine's")
-    parser.add_argument("--tune-db", default=None, help="tuning database directory (default: the user's cache one)")
+    parser.add_argument("--tune-db", type=database_directory, default=None, help="tuning database directory (default: the user's cache one)")
     add_protocol_arguments(parser, out="runs/benchmarks/crossover.json")
     return parser
 

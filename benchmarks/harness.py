@@ -565,6 +565,13 @@ def list_of(parse: Callable[[str], object]) -> Callable[[str], list]:
     return values
 
 
+def database_directory(text: str) -> str:
+    """An argparse type: a tuning database directory (existing, or to be created; not a file)."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; a tuning database here is a directory")
+    return text
+
+
 def output_file(text: str) -> Path:
     """An argparse type: a path a report can be written to (not a directory; its folder writable)."""
     path = Path(text)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from benchmarks.harness import (
-    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, format_ratio, host_target,
-    markdown_table, mebibytes, names_of, ratio, run_benchmark, run_command, sparsity,
+    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, database_directory,
+    format_ratio, host_target, markdown_table, mebibytes, names_of, ratio, run_benchmark, run_command, sparsity,
 )
 from mest.models import MODEL_NAMES, build_model
 from mest.schemes import SCHEMES
@@ -211,7 +211,7 @@ def build_parser() -> CommandParser:
                         help="knob-search trials per sparse kernel the tuning database lacks (0: default knobs)")
     parser.add_argument("--dense-trials", type=at_least(0), default=0,
                         help="MetaSchedule trials for dense operators the tuning database lacks")
-    parser.add_argument("--tune-db", default=None, help="tuning database directory (default: the user's cache one)")
+    parser.add_argument("--tune-db", type=database_directory, default=None, help="tuning database directory (default: the user's cache one)")
     add_protocol_arguments(parser, out="runs/benchmarks/inference.json")
     return parser
 

@@ -33,6 +33,7 @@ BAD = {
         (["--target", "sparc"], "unknown target 'sparc'"), (["--batch", "0"], "--batch: must be >= 1"),
         (["--sparsity", "2"], "a sparsity is in [0, 1)"), (["--schemes", "random"], "unknown scheme random"),
         (["--model", "vgg"], "invalid choice: 'vgg'"), (["--steps", "0"], "--steps: must be >= 1"),
+        (["--tune-db", __file__], "is a file; a tuning database here is a directory"),
     ],
     crossover: [
         (["--layer", "8,8"], "invalid layer"), (["--layer", "0,8,8"], "must be >= 1, got 0"),
