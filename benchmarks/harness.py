@@ -1,8 +1,8 @@
 """The one benchmark protocol: each variant in a process of its own, started as its user starts it.
 
 Why: timed inside one process, dense PyTorch shared the cores with TVM's thread pool and ran under
-the ``OMP_WAIT_POLICY=PASSIVE`` that ``import mest`` sets, and came out 20-30% slower than a PyTorch
-user sees it (``shared/notes/benchmarks.md``). So, here:
+the ``OMP_WAIT_POLICY=PASSIVE`` that ``import mest`` sets, and came out slower than a PyTorch user
+sees it (``shared/notes/benchmarks.md``). So, here:
 
 - The parent process times nothing. For each round it starts every variant once, in turn
   (A B C A B C ...), as ``python -m benchmarks.worker``, with the environment the user started the
