@@ -94,12 +94,12 @@ def summarise(results: list[VariantResult]) -> tuple[dict, str]:
 def build_parser() -> CommandParser:
     """The command's arguments."""
     parser = CommandParser(prog="python -m benchmarks.crossover", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layer", type=_layer, default=[64, 64, 16], help="the conv: in_channels,out_channels,size")
+    parser.add_argument("--layer", type=_layer, default="64,64,16", help="the conv: in_channels,out_channels,size")
     parser.add_argument("--batch", type=at_least(1), default=4, help="images per forward pass")
-    parser.add_argument("--schemes", type=names_of("scheme", list(GRIDS)), default=list(GRIDS),
+    parser.add_argument("--schemes", type=names_of("scheme", list(GRIDS)), default=",".join(GRIDS),
                         help="comma-separated schemes (channel always wins: a smaller dense conv)")
     parser.add_argument("--densities", type=list_of(density), default=None,
-                        help="comma-separated densities for every scheme (default: each scheme's grid)")
+                        help="comma-separated densities for every scheme (default: irregular and block 0.05-0.7, pattern 1/9-4/9)")
     parser.add_argument("--target", default="x86", help="target compiled for; the convs run here, so this machine's")
     parser.add_argument("--tune-db", type=database_directory, default=None, help="tuning database directory (default: the user's cache one)")
     add_protocol_arguments(parser, out="runs/benchmarks/crossover.json")

@@ -501,11 +501,20 @@ def mebibytes(value: float | None) -> str:
 
 # ---- the commands' arguments ------------------------------------------------------------------
 
+class _DefaultsInHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default after its help, unless the help says it already (or it is a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class CommandParser(argparse.ArgumentParser):
     """``argparse`` with one-line errors (``error: ...``, exit code 2) and each flag's default in its help."""
 
     def __init__(self, **kwargs) -> None:
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(formatter_class=_DefaultsInHelp, **kwargs)
 
     def error(self, message: str) -> None:  # argparse's would print the usage first
         print(f"error: {message}", file=sys.stderr)

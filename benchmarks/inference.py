@@ -201,7 +201,7 @@ def build_parser() -> CommandParser:
     """The command's arguments."""
     parser = CommandParser(prog="python -m benchmarks.inference", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet32", choices=MODEL_NAMES, help="model compiled")
-    parser.add_argument("--schemes", type=names_of("scheme", list(SCHEMES)), default=list(SCHEMES),
+    parser.add_argument("--schemes", type=names_of("scheme", list(SCHEMES)), default=",".join(SCHEMES),
                         help="comma-separated sparsity schemes")
     parser.add_argument("--sparsity", type=sparsity, default=0.9, help="sparsity of the sparse layers, in [0, 1)")
     parser.add_argument("--batch", type=at_least(1), default=8, help="images per forward pass (static batch)")

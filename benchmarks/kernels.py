@@ -246,9 +246,9 @@ def build_parser() -> CommandParser:
     """The command's arguments."""
     parser = CommandParser(prog="python -m benchmarks.kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet32", choices=list(MODELS), help="model whose layer shapes are measured")
-    parser.add_argument("--layers", default="", help="comma-separated layer names to keep, e.g. '64x64@16 s1' (all when empty)")
-    parser.add_argument("--schemes", type=names_of("scheme", SCHEMES), default=list(SCHEMES), help="comma-separated schemes")
-    parser.add_argument("--densities", type=list_of(density), default=[0.1, 0.05], help="comma-separated densities, each in (0, 1]")
+    parser.add_argument("--layers", default="", help="comma-separated layer names to keep, e.g. '64x64@16 s1' (default: all)")
+    parser.add_argument("--schemes", type=names_of("scheme", SCHEMES), default=",".join(SCHEMES), help="comma-separated schemes")
+    parser.add_argument("--densities", type=list_of(density), default="0.1,0.05", help="comma-separated densities, each in (0, 1]")
     parser.add_argument("--batch", type=at_least(1), default=64, help="images per call")
     parser.add_argument("--db", default=None, help="tuning database (JSON) of our kernels (default: the user's cache one)")
     parser.add_argument("--target", default="x86", help="target of our kernels; they run here, so this machine's")

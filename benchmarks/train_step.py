@@ -251,11 +251,11 @@ def build_parser() -> CommandParser:
     """The command's arguments."""
     parser = CommandParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet32", choices=MODEL_NAMES, help="model trained")
-    parser.add_argument("--schemes", type=names_of("scheme", list(SCHEMES)), default=list(SCHEMES), help="comma-separated sparsity schemes")
+    parser.add_argument("--schemes", type=names_of("scheme", list(SCHEMES)), default=",".join(SCHEMES), help="comma-separated sparsity schemes")
     parser.add_argument("--sparsity", type=sparsity, default=0.9, help="sparsity of the sparse layers, in [0, 1)")
     parser.add_argument("--batch", type=at_least(1), default=64, help="images per step")
     parser.add_argument("--image-size", type=at_least(4), default=32, help="image height and width")
-    parser.add_argument("--variants", type=names_of("variant", list(STEP_VARIANTS)), default=[n for n, v in STEP_VARIANTS.items() if v.default],
+    parser.add_argument("--variants", type=names_of("variant", list(STEP_VARIANTS)), default=",".join(n for n, v in STEP_VARIANTS.items() if v.default),
                         help="comma-separated variants, of " + ", ".join(STEP_VARIANTS))
     parser.add_argument("--torch-compile", action="store_true", help="also run the torch-compile variant (slow to compile)")
     parser.add_argument("--window-steps", type=at_least(1), default=-(-CIFAR_TRAIN_EXAMPLES // 64) * 5,
