@@ -6,7 +6,8 @@ Modules (import them directly; this package imports nothing, so ``devices.errors
 - ``sessions``: ``open_session(kind, target)``; the :class:`~devices.session_base.Session` API is in
   ``session_base`` (re-exported by ``sessions``), the kinds build on it in ``remote`` and ``kernel_runner``.
 - ``files``: atomic writes, clean-up of a killed writer's temporaries, set-aside of untrusted files.
-- ``timing``: :class:`~devices.timing.Timing` (median and spread; emulated runs are marked).
+- ``timing``: :class:`~devices.timing.Timing` (median and spread; emulated runs are marked) and
+  :func:`~devices.timing.time_calls` (time a callable in this process).
 - ``errors``: :class:`~devices.errors.DeviceError` and its one-line subclasses.
 - ``serve``: ``python -m devices.serve``, this machine as an RPC device (or a tracker).
 - ``loopback``: RPC servers and trackers as child processes on 127.0.0.1.

@@ -50,6 +50,37 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"data:{seed}:{epoch}".encode()))
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, sparse: SparseState | None,
+               images: torch.Tensor, labels: torch.Tensor,
+               loss_divisor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step: forward, cross-entropy, backward, ``grad *= mask``, SGD step, ``weight *= mask``.
+
+    The trainer's step, and the one ``benchmarks.train_step`` times. ``sparse`` None is dense training.
+
+    Parameters
+    ----------
+    loss_divisor : float, optional
+        What the summed cross-entropy is divided by before backward: the batch size (the default,
+        the mean loss), or under data parallelism the whole batch's examples per rank.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The logits and the summed (not averaged) loss of the batch, detached.
+    """
+    logits = model(images)
+    summed = F.cross_entropy(logits, labels, reduction="sum")
+    loss = summed / (loss_divisor if loss_divisor is not None else len(labels))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if sparse is not None:
+        sparse.apply_to_grads()
+    optimizer.step()
+    if sparse is not None:
+        sparse.apply_to_weights()
+    return logits.detach(), summed.detach()
+
+
 class Trainer:
     """One MEST run in ``out_dir``: fresh from a config, or resumed from a checkpoint.
 
@@ -249,16 +280,10 @@ class Trainer:
         loss_sum, correct_sum, seen = 0.0, 0, 0
         outcomes = []
         for indices, images, labels, examples in bar:
-            logits = self.step_model(images)
-            # Summed over this rank's examples, over the batch's share per rank: DDP's mean over the
-            # ranks is then the gradient of the whole batch's mean loss (the mean itself for one process).
-            summed = F.cross_entropy(logits, labels, reduction="sum")
-            loss = summed / (examples / self.world.size)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.sparse.apply_to_grads()
-            self.optimizer.step()
-            self.sparse.apply_to_weights()
+            # This rank's loss is summed over its examples and divided by the batch's share per rank:
+            # DDP's mean over the ranks is then the gradient of the whole batch's mean loss.
+            logits, summed = train_step(self.step_model, self.optimizer, self.sparse, images, labels,
+                                        loss_divisor=examples / self.world.size)
             correct = logits.detach().argmax(dim=1) == labels
             outcomes.append((indices, correct))
             loss_sum += summed.item()

@@ -21,7 +21,7 @@ Public API (other rooms use these names):
   our sparse records and MetaSchedule's dense ones), ``Workload``, ``Record``.
 - :func:`schedules.tune.tune_kernel` and ``python -m schedules.tune --model resnet32 --scheme S
   --density D --target x86 --trials N --tune-db DIR [--session local|rpc|tracker:H:P:K] [--retune]``;
-  ``python -m schedules.bench [--model] [--schemes] [--densities] [--db] [--out]``.
+  (``python -m benchmarks.kernels`` times the kernels against PyTorch).
 - :mod:`schedules.schemes`: the registry of sparsity schemes (``SCHEMES``, ``get_spec(name)``), one
   :class:`~schedules.schemes.base.SchemeSpec` per file (unit, valid weights, format and its kernel
   walk, kernel constraints, random masks); ``mest.schemes`` extends them with prune and grow.

@@ -232,11 +232,6 @@ class TuningDatabase:
         """The directory of MetaSchedule's records for ``target_name``."""
         return self.path / f"dense-{target_name}"
 
-    @property
-    def sparse(self) -> "TuningDatabase":
-        """This database (the sparse records were a separate object before; ``tvm_passes/bench.py`` says so)."""
-        return self
-
     # -- meta.json ------------------------------------------------------------------------------
     def _ours(self) -> list[Path]:
         names = [META_NAME, SPARSE_NAME]

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field, replace
 from devices.targets import TargetSpec
 
 #: Highest density at which the scheme's sparse kernel is used instead of the dense conv, per target.
-#: Above it the layer stays dense (``KeepDense``) and the report says so. x86 measured with
-#: ``python -m tvm_passes.bench --crossover`` (batch 4, layers 64->64 at 16x16 and 32->32 at 32x32,
-#: AMD znver3, 2 shared cores, sparse kernels with 8-trial knobs vs the pipeline's scheduled dense
-#: conv): irregular won up to density 0.5 and lost at 0.7, block won up to 0.7 (the top of the grid),
-#: pattern won at every density it can have (4/9 at most); the table keeps a margin below the
-#: measured break-even. Channel compaction is a smaller dense conv: it always wins. ARM: no device
-#: was measured (the emulator's times are no speed); the x86 values stand in until a tracker
-#: session measures one.
+#: Above it the layer stays dense (``KeepDense``) and the report says so. ``python -m
+#: benchmarks.crossover`` measures the break-even (one conv, sparse over a grid of densities against
+#: the pipeline's scheduled dense conv, each in a process of its own); the x86 values keep a margin
+#: below the break-even an earlier, in-process measurement found, and stand until a quiet machine
+#: measures it again: re-measured on 2026-12-01 (64->64 at 16x16, batch 4, default knobs, AMD EPYC
+#: with 2 cores at a load average of 7-9), the medians of a few milliseconds were too noisy to place
+#: one. Channel compaction is a smaller dense conv: it always wins. ARM: no device was measured (the
+#: emulator's times are no speed); the x86 values stand in until a tracker session measures one.
 DENSE_CROSSOVER: dict[str, dict[str, float]] = {
     "x86": {"irregular": 0.40, "block": 0.60, "pattern": 1.0, "channel": 1.0},
     "arm64": {"irregular": 0.40, "block": 0.60, "pattern": 1.0, "channel": 1.0},

@@ -9,8 +9,9 @@ a legalized, fused module (first conv, shortcuts, classifier, kept-dense and cha
 element-wise groups; the sparse kernels are ours and tuned by ``schedules.tune``), tune those the
 database lacks with MetaSchedule, and apply the records with ``MetaScheduleApplyDatabase``. A record
 always wins over :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`'s default schedule, so tune
-with enough trials: measured on ResNet-32 (batch 4, x86), 64 MetaSchedule trials over ~20 dense tasks
-gave schedules 5x slower than the default conv schedule. Tuning measures on this machine
+with enough trials (a few dozen MetaSchedule trials over the ~20 dense tasks of ResNet-32 gave slower
+schedules than the default one): before keeping the records, compare ``python -m benchmarks.inference``
+on the tuned database with a run on an empty one (``--tune-db``). Tuning measures on this machine
 (MetaSchedule's local builder and runner) or, for another target, on a device of a tracker
 (``RPCRunner``); timing an emulated target would tune for qemu, so it is refused. Records MetaSchedule
 rejects while applying them are set aside (:meth:`~schedules.database.TuningDatabase.reject_dense`) and
@@ -27,7 +28,6 @@ from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
 from schedules.database import METASCHEDULE_ERRORS, TuningDatabase, last_line
-from schedules.database import default_directory as default_database_dir  # noqa: F401 - for tvm_passes/bench.py
 
 from .errors import CompileError
 
