@@ -20,7 +20,6 @@ Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from .errors import MaskError
 from .fold_batch_norm import FoldBatchNorm
 from .importer import import_model
 from .keep_dense import KeepDense
+from .phases import Phases
 from .lower_sparse_conv import KernelSource, LowerSparseConv
 from .report import LayerReport, layer_reports
 from .schedule_dense_conv import ScheduleDenseConv
@@ -76,30 +76,6 @@ class CompiledModel:
     input_shape: tuple[int, ...]
     phase_seconds: dict[str, float] = field(default_factory=dict)
     stored_arrays: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class _Phases:
-    """Runs numbered phases, timing them and dumping the IR after each."""
-
-    def __init__(self, dump_dir: Path | None, progress: Callable[[str], None] | None):
-        self.dump_dir = dump_dir
-        self.progress = progress
-        self.seconds: dict[str, float] = {}
-        self.count = 0
-        if dump_dir is not None:
-            dump_dir.mkdir(parents=True, exist_ok=True)
-
-    def run(self, name: str, step: Callable[[], Any]) -> Any:
-        self.count += 1
-        if self.progress:
-            self.progress(f"phase {self.count}: {name}")
-        start = time.perf_counter()
-        result = step()
-        self.seconds[name] = time.perf_counter() - start
-        mod = getattr(result, "mod", result)
-        if self.dump_dir is not None and isinstance(mod, tvm.IRModule):
-            (self.dump_dir / f"{self.count:02d}_{name.replace(' ', '_')}.py").write_text(mod.script(show_meta=False))
-        return result
 
 
 def _layer_masks(masks: Mapping[str, torch.Tensor], schemes: Mapping[str, str]) -> dict[str, LayerMask]:
@@ -173,7 +149,7 @@ def compile_model(
     spec = get_target(config.target)
     config = config.update(spec)
     target = tvm_target(spec)
-    phases = _Phases(Path(dump_dir) if dump_dir is not None else None, progress)
+    phases = Phases(Path(dump_dir) if dump_dir is not None else None, progress)
     layers = _layer_masks(masks, schemes)
 
     # Phase 1: import, parameters as inputs so that their names still lead to FQNs.
