@@ -139,7 +139,9 @@ def rebuild(func: relax.Function, params: Sequence[relax.Var],
             results = [bb.emit_output(value) for _, value in named]
         bb.emit_func_output(relax.Tuple(results))  # a literal tuple, as Gradient wants
     attrs[OUTPUTS_ATTR] = [name for name, _ in named]
-    return bb.get()["f"].with_attrs(attrs)
+    built = bb.get()["f"].with_attr("global_symbol", "f")
+    cleaned = relax.transform.CanonicalizeBindings()(tvm.IRModule({"f": built}))["f"]
+    return cleaned.with_attrs(attrs)
 
 
 def replace_function(mod: tvm.IRModule, name: str, func: relax.Function) -> tvm.IRModule:

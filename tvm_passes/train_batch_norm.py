@@ -193,5 +193,6 @@ class TrainBatchNorm:
         outputs = list(zip(outputs_of(body), output_exprs(body)))
         outputs += rewriter.updates
         rebuilt = rebuild(body, [*body.params, *new_params], lambda bb: outputs)
-        rebuilt = relax.transform.CanonicalizeBindings()(tvm.IRModule({self.func_name: rebuilt}))[self.func_name]
+        cleaned = tvm.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()])
+        rebuilt = cleaned(tvm.IRModule({self.func_name: rebuilt.with_attr("global_symbol", self.func_name)}))[self.func_name]
         return replace_function(mod, self.func_name, rebuilt)
