@@ -59,6 +59,14 @@ class TrainingKernelSource(Protocol):
         """Scheduled PrimFunc of ``direction`` and a description of its knobs."""
 
 
+def index_values(fmt: SparseFormat) -> dict[str, np.ndarray]:
+    """Values of the ``index:<fqn>:<buffer>`` inputs of a layer's format (every direction, and ``valid``)."""
+    names = dict.fromkeys(n for d in DIRECTIONS for n in fmt.layout[d] if n != "values")
+    values = {name: np.ascontiguousarray(fmt.indices[name]) for name in names}
+    values["valid"] = fmt.valid_slots().numpy().astype(np.float32)
+    return values
+
+
 def _op(value) -> str:
     return value.op.name if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else ""
 

@@ -38,6 +38,7 @@ dataflow block.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -46,9 +47,13 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .errors import UnsupportedModelError
 from .importer import BatchNormBuffers
-from .step_signature import input_name, output_exprs, outputs_of, rebuild, replace_function
+from .sparse_conv import function_name
+from .step_signature import input_name, output_exprs, outputs_of, rebuild, split_name
 
 _BATCH_NORM = "relax.nn.batch_norm"
+
+#: ``Composite`` attribute of a batch norm's private function.
+COMPOSITE = "mest.batch_norm"
 _F64 = "float64"
 _F32 = "float32"
 
@@ -62,14 +67,13 @@ def _channel_shape(ndim: int, axis: int, channels: int) -> list[int]:
 
 
 class _Emitter:
-    """Emits one batch norm's decomposition into a block builder."""
+    """Emits one batch norm's decomposition into a block builder (inside its private function)."""
 
-    def __init__(self, bb: relax.BlockBuilder, call: relax.Call):
+    def __init__(self, bb: relax.BlockBuilder, spec: "BatchNormSpec"):
         self.bb = bb
-        self.attrs = call.attrs
-        self.x = call.args[0]
-        self.shape = [int(d) for d in self.x.ty.shape]
-        self.axis = int(self.attrs.axis) % len(self.shape)
+        self.spec = spec
+        self.shape = list(spec.x_shape)
+        self.axis = spec.axis
         self.channels = self.shape[self.axis]
         self.axes = [i for i in range(len(self.shape)) if i != self.axis]
 
@@ -85,8 +89,19 @@ class _Emitter:
         """Per-channel sum of a float32 tensor of the data's shape, accumulated in float64."""
         return self.emit(relax.op.sum(relax.op.astype(big32, _F64), axis=self.axes))
 
-    def training(self, gamma, beta, mean_in, var_in, count_in, weights) -> tuple[relax.Var, list[relax.Var]]:
-        x, eps, momentum = self.x, float(self.attrs.epsilon), float(self.attrs.momentum)
+    def gathered(self, per_channel, gather, pad: float) -> relax.Expr:
+        """``per_channel[gather]`` where ``gather == C`` reads ``pad`` (the padding channels)."""
+        padding = relax.const(np.full(1, pad, dtype=str(per_channel.ty.dtype)))
+        return self.emit(relax.op.take(relax.op.concat([per_channel, padding]), gather, axis=0))
+
+    def scattered(self, compact64, scatter) -> relax.Expr:
+        """A compact float64 ``[F]`` value put back in place over ``C`` channels, 0 where ``scatter == F``."""
+        return self.emit(relax.op.take(relax.op.concat([compact64, _c(np.zeros(1))]), scatter, axis=0))
+
+    def training(self, x, gamma, beta, mean_in, var_in, count_in, weights, gather=None, scatter=None):
+        eps, momentum = self.spec.epsilon, self.spec.momentum
+        if gather is not None:  # compact channels: the padding ones read gamma = beta = 0 (their output is 0)
+            gamma, beta = self.gathered(gamma, gather, 0.0), self.gathered(beta, gather, 0.0)
         example_shape = [self.shape[0]] + [1] * (len(self.shape) - 1)
         w = self.emit(relax.op.reshape(weights, example_shape))
         per_example = float(np.prod(self.shape[1:]) / self.channels)
@@ -100,21 +115,97 @@ class _Emitter:
         scaled = self.emit(relax.op.multiply(centered, self.broadcast(scale)))
         y = self.emit(relax.op.add(scaled, self.broadcast(relax.op.astype(beta, _F64))))
         unbiased = self.emit(relax.op.multiply(var, relax.op.divide(count, relax.op.subtract(count, _c(1.0)))))
+        if scatter is not None:  # a pruned channel's batch statistics are those of a zero channel: 0
+            mean, unbiased = self.scattered(mean, scatter), self.scattered(unbiased, scatter)
         updates = []
         for running, batch in ((mean_in, mean), (var_in, unbiased)):
             new = relax.op.add(relax.op.multiply(_c(1.0 - momentum), relax.op.astype(running, _F64)),
                                relax.op.multiply(_c(momentum), batch))
-            updates.append(self.emit(relax.op.astype(new, running.ty.dtype)))
-        updates.append(self.emit(relax.op.add(count_in, relax.const(1, str(count_in.ty.dtype)))))
-        return y, updates
+            updates.append(self.emit(relax.op.astype(new, _F32)))
+        updates.append(self.emit(relax.op.add(count_in, relax.const(1, "int64"))))
+        return relax.Tuple([y, *updates])
 
-    def evaluation(self, gamma, beta, mean_in, var_in) -> relax.Var:
+    def evaluation(self, x, gamma, beta, mean_in, var_in, gather=None):
+        if gather is not None:
+            gamma, beta = self.gathered(gamma, gather, 0.0), self.gathered(beta, gather, 0.0)
+            mean_in, var_in = self.gathered(mean_in, gather, 0.0), self.gathered(var_in, gather, 1.0)
         shape = _channel_shape(len(self.shape), self.axis, self.channels)
-        eps = relax.const(float(self.attrs.epsilon), _F32)
+        eps = relax.const(self.spec.epsilon, _F32)
         scale = self.emit(relax.op.divide(gamma, relax.op.sqrt(relax.op.add(var_in, eps))))
         shift = self.emit(relax.op.subtract(beta, relax.op.multiply(mean_in, scale)))
-        scaled = self.emit(relax.op.multiply(self.x, relax.op.reshape(scale, shape)))
+        scaled = self.emit(relax.op.multiply(x, relax.op.reshape(scale, shape)))
         return self.emit(relax.op.add(scaled, relax.op.reshape(shift, shape)))
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """What the private function of one batch norm is built from.
+
+    Attributes
+    ----------
+    x_shape : tuple of int
+        Shape of the data (``F`` channels on ``axis`` when compact).
+    channels : int
+        Channels of the parameters and statistics (``C``).
+    axis : int
+        Channel axis.
+    epsilon, momentum : float
+        As ``torch.nn.BatchNorm2d``.
+    training : bool
+        Batch statistics and updates, or the running statistics.
+    compact : bool
+        The data holds only the ``F`` kept (and padding) channels of ``C``: extra inputs ``gather``
+        (``[F]`` int32, channel of each compact one, ``C`` for padding) and, in training, ``scatter``
+        (``[C]`` int32, compact position of each channel, ``F`` for a pruned one).
+    """
+
+    x_shape: tuple[int, ...]
+    channels: int
+    axis: int
+    epsilon: float
+    momentum: float
+    training: bool
+    compact: bool = False
+
+
+def batch_norm_function(spec: BatchNormSpec) -> relax.Function:
+    """The private function of one batch norm (see the module docstring).
+
+    Training: ``(x, gamma, beta, running_mean, running_var, num_batches_tracked, example_weights
+    [, gather, scatter]) -> (y, running_mean', running_var', num_batches_tracked')``; evaluation:
+    ``(x, gamma, beta, running_mean, running_var [, gather]) -> y``.
+    """
+    channel = relax.TensorType((spec.channels,), _F32)
+    params = [relax.Var("x", relax.TensorType(spec.x_shape, _F32))]
+    params += [relax.Var(n, channel) for n in ("gamma", "beta", "running_mean", "running_var")]
+    if spec.training:
+        params += [relax.Var("num_batches_tracked", relax.TensorType((), "int64")),
+                   relax.Var("example_weights", relax.TensorType((spec.x_shape[0],), _F32))]
+    if spec.compact:
+        params.append(relax.Var("gather", relax.TensorType((spec.x_shape[spec.axis],), "int32")))
+        if spec.training:
+            params.append(relax.Var("scatter", relax.TensorType((spec.channels,), "int32")))
+    attrs = {"Composite": COMPOSITE, "mest.training": spec.training, "mest.compact": spec.compact,
+             "mest.epsilon": spec.epsilon, "mest.momentum": spec.momentum, "mest.axis": spec.axis}
+    bb = relax.BlockBuilder()
+    with bb.function("f", params, attrs=attrs, private=True):
+        with bb.dataflow():
+            emitter = _Emitter(bb, spec)
+            result = emitter.training(*params) if spec.training else emitter.evaluation(*params)
+            out = bb.emit_output(result)
+        bb.emit_func_output(out)
+    return bb.get()["f"]
+
+
+def batch_norm_spec(func) -> BatchNormSpec | None:
+    """The spec of a batch norm's private function, or None if ``func`` is not one."""
+    attrs = func.attrs if isinstance(func, relax.Function) else None
+    if attrs is None or "Composite" not in attrs or str(attrs["Composite"]) != COMPOSITE:
+        return None
+    x_shape = tuple(int(d) for d in func.params[0].ty.shape)
+    return BatchNormSpec(x_shape, int(func.params[1].ty.shape[0]), int(attrs["mest.axis"]),
+                         float(attrs["mest.epsilon"]), float(attrs["mest.momentum"]),
+                         bool(attrs["mest.training"]), bool(attrs["mest.compact"]))
 
 
 @mutator
@@ -136,14 +227,21 @@ class _BatchNormRewriter(PyExprMutator):
         if not isinstance(gamma, relax.Var) or gamma.name not in self.stats:
             raise UnsupportedModelError(f"batch norm on {call.args[0].ty} has no known running statistics")
         mean_in, var_in, count_in = self.stats[gamma.name]
-        emitter = _Emitter(self.builder_, call)
-        if self.weights is not None and bool(call.attrs.training):
-            y, updates = emitter.training(gamma, beta, mean_in, var_in, count_in, self.weights)
-            self.used_weights = True
-            self.updates.extend((v.name, new) for v, new in zip((mean_in, var_in, count_in), updates))
-            return relax.Tuple([y, updates[0], updates[1]])
-        y = emitter.evaluation(gamma, beta, mean_in, var_in)
-        return relax.Tuple([y, mean_in, var_in])
+        x = call.args[0]
+        shape = tuple(int(d) for d in x.ty.shape)
+        training = self.weights is not None and bool(call.attrs.training)
+        spec = BatchNormSpec(shape, int(gamma.ty.shape[0]), int(call.attrs.axis) % len(shape),
+                             float(call.attrs.epsilon), float(call.attrs.momentum), training)
+        stem = function_name(split_name(gamma.name)[1] or gamma.name)
+        gvar = self.builder_.add_func(batch_norm_function(spec), f"{stem}_{'train' if training else 'eval'}")
+        if not training:
+            y = self.builder_.emit(relax.Call(gvar, [x, gamma, beta, mean_in, var_in]))
+            return relax.Tuple([y, mean_in, var_in])
+        result = self.builder_.emit(relax.Call(gvar, [x, gamma, beta, mean_in, var_in, count_in, self.weights]))
+        self.used_weights = True
+        for i, var in enumerate((mean_in, var_in, count_in), start=1):
+            self.updates.append((var.name, self.builder_.emit(relax.TupleGetItem(result, i))))
+        return result
 
 
 @tvm.transform.module_pass(opt_level=0, name="mest.TrainBatchNorm")
@@ -193,6 +291,6 @@ class TrainBatchNorm:
         outputs = list(zip(outputs_of(body), output_exprs(body)))
         outputs += rewriter.updates
         rebuilt = rebuild(body, [*body.params, *new_params], lambda bb: outputs)
-        cleaned = tvm.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()])
-        rebuilt = cleaned(tvm.IRModule({self.func_name: rebuilt.with_attr("global_symbol", self.func_name)}))[self.func_name]
-        return replace_function(mod, self.func_name, rebuilt)
+        out = rewriter.builder_.get()
+        out[self.func_name] = rebuilt.with_attr("global_symbol", self.func_name)
+        return tvm.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()])(out)

@@ -10,10 +10,11 @@ The built module holds two functions (inputs and outputs named as :mod:`tvm_pass
 Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
 
 1. **import** in train mode, inputs renamed ``data:x`` / ``param:<fqn>`` (:mod:`tvm_passes.importer`);
-2. **channels**: channel-sparse layers become smaller dense convs on their compact values
-   (:class:`~tvm_passes.channel_training.ChannelTraining`);
-3. **batch norm**: running statistics as inputs, their updates as outputs, float64 statistics
+2. **batch norm**: running statistics as inputs, their updates as outputs, float64 statistics
    (:class:`~tvm_passes.train_batch_norm.TrainBatchNorm`); ``evaluate`` is the eval-mode copy;
+3. **channels**: channel-sparse layers become smaller dense convs on their compact values, their batch
+   norms and consumers read only the kept channels (:class:`~tvm_passes.channel_training.ChannelTraining`);
+   the batch norms' private functions are inlined;
 4. **loss**: :class:`~tvm_passes.append_loss.AppendCrossEntropy`;
 5. **differentiate**: Relax ``Gradient`` w.r.t. every ``param:`` input (the adjoint becomes ``train_step``);
 6. **lower**: the sparse layers' forward, grad-input and grad-weight convs become the ``schedules``
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.s_tir import dlight
@@ -41,8 +43,10 @@ from schedules.formats import SparseFormat
 from .append_loss import AppendCrossEntropy
 from .append_sgd import AppendSGD
 from .channel_training import ChannelTraining
+from .channel_training import index_values as channel_index_values
 from .importer import ImportedModel, import_model
 from .lower_sparse_training import LowerSparseTraining, TrainingKernelSource
+from .lower_sparse_training import index_values as kernel_index_values
 from .phases import Phases
 from .schedule_dense_conv import ScheduleDenseConv
 from .step_signature import Slot, input_name, signature, split_name
@@ -105,9 +109,20 @@ def _named_main(imported: ImportedModel) -> tuple[tvm.IRModule, dict]:
     names.update({name: input_name("param", fqn) for name, fqn in imported.param_fqns.items()})
     params = [relax.Var(names[p.name], p.ty) for p in main.params]
     bound = main.bind_params(dict(zip(main.params, params)))
-    renamed = relax.Function(params, bound.body, bound.ret_ty)
+    renamed = relax.Function(params, bound.body, bound.ret_ty).with_attr("global_symbol", "main")
     batch_norms = {names[gamma]: buffers for gamma, buffers in imported.batch_norms.items()}
-    return tvm.IRModule({"main": renamed.with_attr("global_symbol", "main")}), batch_norms
+    cleaned = tvm.transform.Sequential([relax.transform.CanonicalizeBindings(), relax.transform.DeadCodeElimination()])
+    return cleaned(tvm.IRModule({"main": renamed})), batch_norms
+
+
+def index_inputs(fqn: str, fmt: SparseFormat) -> dict[str, np.ndarray]:
+    """Values of every ``index:<fqn>:...`` input of a sparse layer, for its current format.
+
+    A mutation that keeps the format's capacity (and index dtypes) changes these values only: the
+    built module stays valid.
+    """
+    values = channel_index_values(fmt) if fmt.scheme == "channel" else kernel_index_values(fmt)
+    return {input_name("index", f"{fqn}:{name}"): value for name, value in values.items()}
 
 
 def _trainable(func: relax.Function) -> list[relax.Var]:
@@ -179,10 +194,7 @@ def build_training_step(
     imported = phases.run("import", lambda: import_model(model, input_shape, train=True))
     mod, batch_norms = _named_main(imported)
 
-    # Phase 2: channel layers become smaller dense convs (before the batch norms they feed change form).
-    mod = phases.run("channels", lambda: ChannelTraining(channel)(mod))
-
-    # Phase 3: batch norms read running statistics; training updates them, evaluation only reads them.
+    # Phase 2: batch norms read running statistics; training updates them, evaluation only reads them.
     def batch_norm():
         both = mod.clone()
         both[EVALUATE] = mod["main"].with_attr("global_symbol", EVALUATE)
@@ -190,6 +202,15 @@ def build_training_step(
         return TrainBatchNorm(batch_norms, training=False, func_name=EVALUATE)(both)
 
     mod = phases.run("batch norm", batch_norm)
+
+    # Phase 3: channel layers become smaller dense convs; the batch-norm functions are inlined.
+    def channels():
+        compacted = ChannelTraining(channel, fixed=tuple(kernel_layers), func_names=("main", EVALUATE))(mod)
+        inlined = relax.transform.InlinePrivateFunctions()(compacted)
+        return tvm.transform.Sequential([relax.transform.CanonicalizeBindings(),
+                                         relax.transform.DeadCodeElimination()])(inlined)
+
+    mod = phases.run("channels", channels)
 
     # Phase 4: the mean cross-entropy loss and the per-example correctness.
     mod = phases.run("loss", lambda: AppendCrossEntropy("main")(mod))

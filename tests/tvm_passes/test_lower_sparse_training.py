@@ -18,6 +18,8 @@ from tvm_passes.kernels import SchedulesKernels
 from tvm_passes.lower_sparse_training import LowerSparseTraining
 from tvm_passes.sparse_conv import kernel_function
 
+from training_helpers import renamed
+
 RNG = np.random.default_rng(3)
 W = torch.from_numpy(RNG.standard_normal((8, 4, 3, 3)).astype(np.float32))
 MASK = torch.from_numpy(RNG.random((8, 4, 3, 3)) < 0.2)
@@ -25,16 +27,6 @@ FMT = pack("irregular", W, MASK, capacity=int(MASK.sum()) + 6)  # padding slots 
 CAP = FMT.capacity
 D = {name: str(array.dtype) for name, array in FMT.indices.items()}
 L = {name: len(array) for name, array in FMT.indices.items()}
-
-
-def _named(mod: tvm.IRModule, names: list[str]) -> tvm.IRModule:
-    """``mod`` with the inputs of ``train_step`` renamed (``param:w`` is no TVMScript identifier)."""
-    func = mod["train_step"]
-    params = [relax.Var(n, p.ty) for n, p in zip(names, func.params)]
-    bound = func.bind_params(dict(zip(func.params, params)))
-    out = mod.clone()
-    out["train_step"] = relax.Function(params, bound.body, bound.ret_ty, attrs=func.attrs)
-    return out
 
 
 @I.ir_module
@@ -90,13 +82,13 @@ INDEX = ["row_ptr", "positions", "t_row_ptr", "t_positions", "t_perm", "valid"]
 
 
 def _lowered():
-    before = _named(Before, ["data:x", "param:w", "data:dy"])
+    before = renamed(Before, "train_step", ["data:x", "param:w", "data:dy"])
     return LowerSparseTraining({"w": FMT}, SchedulesKernels("x86"))(before)
 
 
 def test_three_convs_become_kernels_and_the_weight_its_compact_values():
     after = _lowered()
-    expected = _named(Expected, ["data:x", "param:w", "data:dy", *(f"index:w:{n}" for n in INDEX)])
+    expected = renamed(Expected, "train_step", ["data:x", "param:w", "data:dy", *(f"index:w:{n}" for n in INDEX)])
     for direction in ("forward", "grad_input", "grad_weight"):
         name = f"sparse_irregular_w_{direction}"
         expected[name] = kernel_function(primfunc(direction, FMT, (2, 4, 6, 6), 1), name, "w", "irregular",
@@ -134,10 +126,10 @@ def test_a_weight_used_elsewhere_is_refused():
             return gv
 
     with pytest.raises(CompileError, match="not only by its convolutions"):
-        LowerSparseTraining({"w": FMT}, SchedulesKernels("x86"))(_named(Other, ["data:x", "param:w"]))
+        LowerSparseTraining({"w": FMT}, SchedulesKernels("x86"))(renamed(Other, "train_step", ["data:x", "param:w"]))
 
 
 def test_a_channel_layer_is_left_to_channel_training():
     with pytest.raises(CompileError, match="ChannelTraining"):
         LowerSparseTraining({"w": pack("channel", W, torch.ones_like(MASK))}, SchedulesKernels("x86"))(
-            _named(Before, ["data:x", "param:w", "data:dy"]))
+            renamed(Before, "train_step", ["data:x", "param:w", "data:dy"]))

@@ -36,12 +36,12 @@ class Before:
 
 @I.ir_module
 class ExpectedTraining:
-    @R.function
-    def main(x: R.Tensor((2, 3, 4, 4), "float32"), g: R.Tensor((3,), "float32"), b: R.Tensor((3,), "float32"),
-             mean_in: R.Tensor((3,), "float32"), var_in: R.Tensor((3,), "float32"), count_in: R.Tensor((), "int64"),
-             w: R.Tensor((2,), "float32")):
-        R.func_attr({"mest.outputs": ["logits", "stat:bn.running_mean", "stat:bn.running_var",
-                                      "stat:bn.num_batches_tracked"]})
+    @R.function(private=True)
+    def mest_g_train(x: R.Tensor((2, 3, 4, 4), "float32"), gamma: R.Tensor((3,), "float32"),
+                     beta: R.Tensor((3,), "float32"), mean_in: R.Tensor((3,), "float32"),
+                     var_in: R.Tensor((3,), "float32"), count_in: R.Tensor((), "int64"), w: R.Tensor((2,), "float32")):
+        R.func_attr({"Composite": "mest.batch_norm", "mest.axis": 1, "mest.compact": False, "mest.epsilon": 1e-5,
+                     "mest.momentum": 0.1, "mest.training": True})
         with R.dataflow():
             w4 = R.reshape(w, R.shape([2, 1, 1, 1]))
             w64 = R.astype(w, "float64")
@@ -62,12 +62,12 @@ class ExpectedTraining:
             var_eps = R.add(var, R.const(1e-5, "float64"))
             std = R.sqrt(var_eps)
             inv_std = R.divide(R.const(1.0, "float64"), std)
-            g64 = R.astype(g, "float64")
+            g64 = R.astype(gamma, "float64")
             scale = R.multiply(g64, inv_std)
             scale4 = R.reshape(scale, R.shape([1, 3, 1, 1]))
             scale_b = R.astype(R.broadcast_to(scale4, R.shape([2, 3, 4, 4])), "float32")
             scaled = R.multiply(centered, scale_b)
-            b64 = R.astype(b, "float64")
+            b64 = R.astype(beta, "float64")
             b4 = R.reshape(b64, R.shape([1, 3, 1, 1]))
             b_b = R.astype(R.broadcast_to(b4, R.shape([2, 3, 4, 4])), "float32")
             y = R.add(scaled, b_b)
@@ -83,6 +83,23 @@ class ExpectedTraining:
             var_new = R.multiply(R.const(0.1, "float64"), unbiased)
             var_out = R.astype(R.add(var_old, var_new), "float32")
             count_out = R.add(count_in, R.const(1, "int64"))
+            gv = (y, mean_out, var_out, count_out)
+            R.output(gv)
+        return gv
+
+    @R.function
+    def main(x: R.Tensor((2, 3, 4, 4), "float32"), g: R.Tensor((3,), "float32"), b: R.Tensor((3,), "float32"),
+             mean_in: R.Tensor((3,), "float32"), var_in: R.Tensor((3,), "float32"), count_in: R.Tensor((), "int64"),
+             w: R.Tensor((2,), "float32")):
+        R.func_attr({"mest.outputs": ["logits", "stat:bn.running_mean", "stat:bn.running_var",
+                                      "stat:bn.num_batches_tracked"]})
+        cls = ExpectedTraining
+        with R.dataflow():
+            bn = cls.mest_g_train(x, g, b, mean_in, var_in, count_in, w)
+            mean_out = bn[1]
+            var_out = bn[2]
+            count_out = bn[3]
+            y = bn[0]
             gv = R.nn.relu(y)
             R.output(mean_out, var_out, count_out, gv)
         return (gv, mean_out, var_out, count_out)
@@ -90,20 +107,32 @@ class ExpectedTraining:
 
 @I.ir_module
 class ExpectedEvaluation:
-    @R.function
-    def main(x: R.Tensor((2, 3, 4, 4), "float32"), g: R.Tensor((3,), "float32"), b: R.Tensor((3,), "float32"),
-             mean_in: R.Tensor((3,), "float32"), var_in: R.Tensor((3,), "float32")):
-        R.func_attr({"mest.outputs": ["logits"]})
+    @R.function(private=True)
+    def mest_g_eval(x: R.Tensor((2, 3, 4, 4), "float32"), gamma: R.Tensor((3,), "float32"),
+                    beta: R.Tensor((3,), "float32"), mean_in: R.Tensor((3,), "float32"),
+                    var_in: R.Tensor((3,), "float32")):
+        R.func_attr({"Composite": "mest.batch_norm", "mest.axis": 1, "mest.compact": False, "mest.epsilon": 1e-5,
+                     "mest.momentum": 0.1, "mest.training": False})
         with R.dataflow():
             var_eps = R.add(var_in, R.const(1e-5, "float32"))
             std = R.sqrt(var_eps)
-            scale = R.divide(g, std)
+            scale = R.divide(gamma, std)
             shifted = R.multiply(mean_in, scale)
-            shift = R.subtract(b, shifted)
+            shift = R.subtract(beta, shifted)
             scale4 = R.reshape(scale, R.shape([1, 3, 1, 1]))
             scaled = R.multiply(x, scale4)
             shift4 = R.reshape(shift, R.shape([1, 3, 1, 1]))
             y = R.add(scaled, shift4)
+            R.output(y)
+        return y
+
+    @R.function
+    def main(x: R.Tensor((2, 3, 4, 4), "float32"), g: R.Tensor((3,), "float32"), b: R.Tensor((3,), "float32"),
+             mean_in: R.Tensor((3,), "float32"), var_in: R.Tensor((3,), "float32")):
+        R.func_attr({"mest.outputs": ["logits"]})
+        cls = ExpectedEvaluation
+        with R.dataflow():
+            y = cls.mest_g_eval(x, g, b, mean_in, var_in)
             gv = R.nn.relu(y)
             R.output(gv)
         return (gv,)

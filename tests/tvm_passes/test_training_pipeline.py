@@ -17,7 +17,7 @@ from tvm_passes.training_pipeline import EVALUATE, TRAIN_STEP
 
 from training_helpers import CompiledState, TorchMask, assert_state_close, build, formats_for, sparse_tiny
 
-SCHEMES = ("irregular", "block", "pattern")
+SCHEMES = ("irregular", "block", "pattern", "channel")
 SHAPE = (5, 1, 9, 9)  # odd batch and image: the stride-2 stage runs 9x9 -> 5x5
 
 
