@@ -14,6 +14,8 @@ momentum that the ``torch-mask`` backend would hold, and :func:`to_compact` pack
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -86,9 +88,10 @@ def _swap_parameter(optimizer: torch.optim.Optimizer, old: nn.Parameter, new: nn
 
 
 @torch.no_grad()
-def to_compact(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Optimizer,
-               capacity: dict[str, int] | None = None, batch_size: int | None = None) -> None:
-    """Replace every masked sparse conv of ``model`` by a compact ``SparseConv2d``, in place.
+def replace_sparse_convs(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Optimizer,
+                         capacity: dict[str, int] | None, make_module: Callable[..., nn.Module],
+                         layer_class: type, batch_size: int | None = None) -> None:
+    """Replace every masked sparse conv of ``model`` by a compact module, in place.
 
     The optimizer keeps its parameter slots: the dense weight's slot takes the compact values, and
     its momentum is gathered at the kept positions.
@@ -98,27 +101,41 @@ def to_compact(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Opt
     capacity : dict of str to int, optional
         Value slots per layer FQN (the largest non-zero count the run will reach); the current
         count by default.
+    make_module : callable
+        ``(weight, mask, scheme, stride, capacity, batch_size) -> module`` with ``values``.
+    layer_class : type
+        The :class:`mest.sparsity.SparseConv` holding the module (a :class:`CompactConv`).
     batch_size : int, optional
         The batch the kernels are built for (smaller batches are padded to it).
     """
-    sparse_conv = _sparse_conv_class()
     for fqn, layer in list(sparse.layers.items()):
         if not isinstance(layer, MaskedConv):
             continue
         module_name = fqn.rsplit(".", 1)[0]
         conv = model.get_submodule(module_name)
         if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.bias is not None:
-            raise NotImplementedError(f"the tvm backend runs 3x3 convs with padding 1 and no bias; {module_name} is not one")
+            raise NotImplementedError(f"compact layers are 3x3 convs with padding 1 and no bias; {module_name} is not one")
         mask = layer.mask()
         slots = max(int(mask.sum()), (capacity or {}).get(fqn, 0))
-        compact = sparse_conv(conv.weight.detach(), mask, sparse.schemes[fqn], stride=conv.stride[0],
-                              capacity=slots, batch_size=batch_size)
+        compact = make_module(conv.weight.detach(), mask, sparse.schemes[fqn], conv.stride[0], slots, batch_size)
         momentum = optimizer.state.get(conv.weight, {}).get("momentum_buffer")
         _swap_parameter(optimizer, conv.weight, compact.values,
                         None if momentum is None else compact.format.gather(momentum))
         parent, child = _parent(model, module_name)
         setattr(parent, child, compact)
-        sparse.layers[fqn] = CompactConv(compact)
+        sparse.layers[fqn] = layer_class(compact)
+
+
+def _sparse_conv(weight: torch.Tensor, mask: torch.Tensor, scheme: str, stride: int, capacity: int,
+                 batch_size: int | None) -> nn.Module:
+    return _sparse_conv_class()(weight, mask, scheme, stride=stride, capacity=capacity, batch_size=batch_size)
+
+
+def to_compact(model: nn.Module, sparse: SparseState, optimizer: torch.optim.Optimizer,
+               capacity: dict[str, int] | None = None, batch_size: int | None = None) -> None:
+    """Replace every masked sparse conv of ``model`` by a compact ``SparseConv2d`` (see
+    :func:`replace_sparse_convs`)."""
+    replace_sparse_convs(model, sparse, optimizer, capacity, _sparse_conv, CompactConv, batch_size)
 
 
 @torch.no_grad()

@@ -3,14 +3,17 @@
 Per run: build the model (reference init), prune it once to the profile's densities; then per epoch:
 remove the unforgettable examples at the removal epoch, mutate the sparse layers at a mutation epoch,
 train (forward, loss, backward, ``grad *= mask``, SGD step, ``weight *= mask``; forgetting statistics
-from the same forward pass), step the cosine LR, evaluate, write metrics and an atomic checkpoint.
+from the same forward pass; with the ``compiled`` backend the whole step is one built TVM function,
+:mod:`mest.compiled`), step the cosine LR, evaluate, write metrics and an atomic checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,11 +80,21 @@ class Trainer:
                            if config.ranking_in else None)
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.compiled = None
         if config.backend == "tvm":
             from mest.compact import to_compact
 
             to_compact(self.model, self.sparse, self.optimizer, capacity=self.sparse.peak_counts(self.schedule),
                        batch_size=config.batch_size)
+        elif config.backend == "compiled":
+            from mest.compiled import CompiledTraining  # imports TVM (seconds): only when this backend runs
+
+            spec = self.spec
+            self.compiled = CompiledTraining(
+                self.model, build_model(config.model, spec.num_classes, spec.in_channels), self.sparse, self.optimizer,
+                model_key=f"{spec.name}/{spec.num_classes}/{spec.in_channels}/{spec.image_size}",
+                input_shape=(config.batch_size, spec.in_channels, spec.image_size, spec.image_size),
+                capacity=self.sparse.peak_counts(self.schedule), progress=tqdm.write if progress else None)
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True) -> "Trainer":
@@ -127,14 +140,19 @@ class Trainer:
             t0 = time.perf_counter()
             records = self.sparse.mutate(self.model, self.optimizer, self.schedule, epoch, config.seed,
                                          config.grad_weight)
+            if self.compiled is not None:
+                self.compiled.refresh()  # new index inputs; a new module only if a capacity changed
             mutation = {"seconds": time.perf_counter() - t0,
                         "pruned": sum(r.pruned for r in records.values()),
                         "grown": sum(r.grown for r in records.values())}
         train_started = time.perf_counter()
         train_loss, train_acc = self.train_one_epoch()
         train_seconds = time.perf_counter() - train_started
-        self.scheduler.step()
-        test_loss, test_acc = evaluate(self.model, self.data, config.batch_size)
+        with warnings.catch_warnings():  # the compiled step updates the parameters, not optimizer.step()
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
+        test_loss, test_acc = evaluate(self.compiled.evaluate if self.compiled is not None else self.model,
+                                       self.data, config.batch_size)
         held, dense = self.sparse.state_bytes()
         metrics = {
             "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -156,7 +174,10 @@ class Trainer:
         return metrics
 
     def _kernel_build_seconds(self) -> float:
-        """Seconds spent building TVM kernels so far in this process (0 for torch-mask)."""
+        """Seconds spent building TVM kernels (or building and loading compiled steps) so far in this
+        process (0 for torch-mask)."""
+        if self.compiled is not None:
+            return self.compiled.build_seconds
         if self.config.backend != "tvm":
             return 0.0
         from schedules.cache import default_cache
@@ -173,21 +194,28 @@ class Trainer:
                    leave=False, disable=not self.progress)
         loss_sum, correct_sum, seen = 0.0, 0, 0
         for indices, images, labels in bar:
-            logits = self.model(images)
-            loss = F.cross_entropy(logits, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.sparse.apply_to_grads()
-            self.optimizer.step()
-            self.sparse.apply_to_weights()
-            correct = logits.detach().argmax(dim=1) == labels
+            if self.compiled is not None:
+                loss, correct = self.compiled.step(images, labels, self.optimizer.param_groups[0]["lr"])
+            else:
+                loss, correct = self.eager_step(images, labels)
             self.forgetting.update(indices, correct)
-            loss_sum += loss.item() * len(labels)
+            loss_sum += loss * len(labels)
             correct_sum += int(correct.sum())
             seen += len(labels)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}",
                             density=f"{self.sparse.overall_density():.3f}")
         return loss_sum / seen, correct_sum / seen
+
+    def eager_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """Forward, loss, backward, ``grad *= mask``, SGD, ``weight *= mask``; mean loss and correctness."""
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sparse.apply_to_grads()
+        self.optimizer.step()
+        self.sparse.apply_to_weights()
+        return loss.item(), logits.detach().argmax(dim=1) == labels
 
     def remove_unforgettable(self) -> None:
         """Drop the ``remove_count`` least-forgotten examples (from the loaded ranking if given)."""
@@ -201,7 +229,7 @@ class Trainer:
     # -- outputs ---------------------------------------------------------------------------
     def state(self) -> dict:
         """The checkpoint payload (plain types and tensors), the same for every backend."""
-        if self.config.backend == "tvm":
+        if self.config.backend in ("tvm", "compiled"):
             from mest.compact import dense_equivalent_state
 
             model_state, optimizer_state = dense_equivalent_state(self.model, self.sparse, self.optimizer)
@@ -246,9 +274,12 @@ def run_summary(history: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy on the test split, in eval mode."""
-    model.eval()
+def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data: Dataset,
+             batch_size: int) -> tuple[float, float]:
+    """Mean loss and accuracy on the test split, in eval mode (a module, or a function giving the
+    eval-mode logits of a batch: the compiled backend's)."""
+    if isinstance(model, nn.Module):
+        model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     for images, labels in test_batches(data.test, batch_size):  # the training batch: same kernels
         logits = model(images)
