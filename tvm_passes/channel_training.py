@@ -244,7 +244,7 @@ class ChannelTraining:
         for func_name in self.func_names:
             func = mod[func_name]
             layers = _plan(mod, func, self.layers, self.fixed)
-            compactor = _Compactor(mod, layers)
+            compactor = _Compactor(mod.clone(), layers)  # the builder adds to its module in place
             body = compactor.visit_expr(func)
             weights = {layer.weight: layer.values for layer in layers}
             used = {v for v in relax.analysis.free_vars(body.body)}

@@ -9,19 +9,22 @@ What it does, for every input ``param:<fqn>`` (the dense weight ``W``) of a laye
 (irregular, block or pattern; a :class:`schedules.formats.SparseFormat` whose shapes and index dtypes,
 not contents, shape the code):
 
-- forward ``conv2d(x, W)`` -> ``call_tir(<fqn>_forward, (x, *forward buffers), y)``;
+- forward ``conv2d(x, W)`` -> ``call_tir(<kernel>_forward, (x, *forward buffers), y)``;
 - grad-input ``conv2d_transpose(dY, W, kernel_layout="IOHW")`` (as ``Gradient`` emits it) ->
-  ``call_tir(<fqn>_grad_input, (dY, *grad_input buffers), dx)``;
+  ``call_tir(<kernel>_grad_input, (dY, *grad_input buffers), dx)``;
 - grad-weight ``conv2d(x, dY, data_layout="CNHW", kernel_layout="IOHW", out_layout="CNHW")`` (and the
   ``strided_slice`` ``Gradient`` adds at stride 2), found by following the returned gradient of ``W``
-  -> ``call_tir(<fqn>_grad_weight, (x, dY, *grad_weight buffers), dvalues) * valid`` (``valid`` is 1 at
+  -> ``call_tir(<kernel>_grad_weight, (x, dY, *grad_weight buffers), dvalues) * valid`` (``valid`` is 1 at
   the format's kept slots and 0 at padding slots, so a padding slot never moves);
 - the input ``param:<fqn>`` becomes the compact values (``[capacity]`` float32, same name), and the
   index buffers become inputs ``index:<fqn>:<buffer>`` (plus ``index:<fqn>:valid`` in a function with
   the grad-weight), appended after the other inputs: a new mask of the same capacity is new data for
   the same built module.
 
-After it, no tensor of the dense weight's shape remains (the gradient and, later, the momentum are
+A kernel is named after what shapes its code (``sparse_<scheme>_<direction>_<O>x<I>_cap<capacity>_<x
+shape>_s<stride>_<index dtypes>``) and shared by every layer of that structure (a ResNet stage's layers
+build one kernel per direction); its ``mest.fqn`` is the first such layer. After it, no tensor of the
+dense weight's shape remains (the gradient and, later, the momentum are
 compact too).
 
 What it refuses (:class:`~tvm_passes.errors.CompileError`): a channel-scheme layer (``ChannelTraining``
@@ -235,10 +238,14 @@ class LowerSparseTraining:
         self.func_names = tuple(func_names)
 
     def _kernel(self, bb: relax.BlockBuilder, layer: _Layer, direction: str, x_shape, added: dict) -> relax.GlobalVar:
-        name = f"sparse_{layer.fmt.scheme}_{function_name(layer.fqn)[len('mest_'):]}_{direction}"
+        """The kernel of ``direction``, shared by every layer of the same structure (one build each)."""
+        fmt = layer.fmt
+        dtypes = "_".join(str(fmt.indices[n].dtype) for n in fmt.layout[direction] if n != "values")
+        name = (f"sparse_{fmt.scheme}_{direction}_{fmt.weight_shape[0]}x{fmt.weight_shape[1]}_cap{fmt.capacity}"
+                f"_{'x'.join(str(d) for d in x_shape)}_s{layer.stride}_{dtypes}")
         if name not in added:
-            prim, knobs = self.kernels.primfunc(direction, layer.fmt, x_shape, layer.stride)
-            prim = kernel_function(prim, name, layer.fqn, layer.fmt.scheme, layer.fmt.nbytes, knobs)
+            prim, knobs = self.kernels.primfunc(direction, fmt, x_shape, layer.stride)
+            prim = kernel_function(prim, name, layer.fqn, fmt.scheme, fmt.nbytes, knobs)
             added[name] = bb.add_func(prim, name)
         return added[name]
 
@@ -253,7 +260,7 @@ class LowerSparseTraining:
     def _lower(self, mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
         func = mod[func_name]
         layers = _plan(func, self.layers)
-        lowerer = _Lowerer(mod, layers)
+        lowerer = _Lowerer(mod.clone(), layers)  # the builder adds to its module in place
         added = {str(gv.name_hint): gv for gv in mod.get_global_vars() if isinstance(mod[gv], tirx.PrimFunc)}
         extra = []
         for layer in layers.values():

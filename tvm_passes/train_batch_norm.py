@@ -284,7 +284,7 @@ class TrainBatchNorm:
         if self.training:
             batch = func.params[0].ty.shape[0]
             weights = relax.Var(input_name("data", "example_weights"), relax.TensorType((batch,), _F32))
-        rewriter = _BatchNormRewriter(mod, stats, weights)
+        rewriter = _BatchNormRewriter(mod.clone(), stats, weights)  # the builder adds to its module in place
         body = rewriter.visit_expr(func)
         if weights is not None and rewriter.used_weights:
             new_params.append(weights)

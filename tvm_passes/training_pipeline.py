@@ -15,10 +15,12 @@ Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
 3. **channels**: channel-sparse layers become smaller dense convs on their compact values, their batch
    norms and consumers read only the kept channels (:class:`~tvm_passes.channel_training.ChannelTraining`);
    the batch norms' private functions are inlined;
-4. **loss**: :class:`~tvm_passes.append_loss.AppendCrossEntropy`;
+4. **loss**: :class:`~tvm_passes.append_loss.AppendCrossEntropy`; ReLUs get PyTorch's subgradient at
+   zero (:class:`~tvm_passes.relu_subgradient.ReluSubgradient`);
 5. **differentiate**: Relax ``Gradient`` w.r.t. every ``param:`` input (the adjoint becomes ``train_step``);
 6. **lower**: the sparse layers' forward, grad-input and grad-weight convs become the ``schedules``
    kernels, their parameter the compact values (:class:`~tvm_passes.lower_sparse_training.LowerSparseTraining`);
+   the dense convs' weight gradients accumulate in float64 (:class:`~tvm_passes.wide_weight_gradients.WideWeightGradients`);
 7. **optimizer**: :class:`~tvm_passes.append_sgd.AppendSGD`;
 8. **legalize + fuse** the dense glue (``LegalizeOps``, ``FuseOps``, ``FuseTIR``), the dense convs get
    :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`, the rest dlight's default CPU rules;
@@ -48,9 +50,11 @@ from .importer import ImportedModel, import_model
 from .lower_sparse_training import LowerSparseTraining, TrainingKernelSource
 from .lower_sparse_training import index_values as kernel_index_values
 from .phases import Phases
+from .relu_subgradient import ReluSubgradient
 from .schedule_dense_conv import ScheduleDenseConv
 from .step_signature import Slot, input_name, signature, split_name
 from .train_batch_norm import TrainBatchNorm
+from .wide_weight_gradients import WideWeightGradients
 
 #: Names of the two functions of a built training module.
 TRAIN_STEP = "train_step"
@@ -212,14 +216,17 @@ def build_training_step(
 
     mod = phases.run("channels", channels)
 
-    # Phase 4: the mean cross-entropy loss and the per-example correctness.
-    mod = phases.run("loss", lambda: AppendCrossEntropy("main")(mod))
+    # Phase 4: the mean cross-entropy loss and the per-example correctness; ReLUs take PyTorch's
+    # subgradient at zero.
+    mod = phases.run("loss", lambda: ReluSubgradient("main")(AppendCrossEntropy("main")(mod)))
 
     # Phase 5: differentiate the loss w.r.t. every parameter (dense convs of the sparse layers too).
     mod = phases.run("differentiate", lambda: _differentiate(mod))
 
     # Phase 6: the sparse layers' three convs become kernels of schedules, their weight compact values.
-    mod = phases.run("lower", lambda: LowerSparseTraining(kernel_layers, kernels, (TRAIN_STEP, EVALUATE))(mod))
+    # The dense convs' weight gradients accumulate in float64.
+    lower = LowerSparseTraining(kernel_layers, kernels, (TRAIN_STEP, EVALUATE))
+    mod = phases.run("lower", lambda: WideWeightGradients(TRAIN_STEP)(lower(mod)))
 
     # Phase 7: torch.optim.SGD's update of every parameter; the learning rate is an input.
     sgd = AppendSGD(config.momentum, config.weight_decay, keep_grads=tuple(layers), func_name=TRAIN_STEP)

@@ -85,7 +85,7 @@ def _train_command(out: Path, backend: str) -> list[str]:
             "--out", str(out)]
 
 
-@pytest.mark.parametrize("backend", ["torch-mask", "tvm"])
+@pytest.mark.parametrize("backend", ["torch-mask", "tvm", "compiled"])
 def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, backend):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_command(tmp_path / "straight", backend), check=True, env=env, capture_output=True, timeout=300)

@@ -43,39 +43,47 @@ class Before:  # what Gradient emits for one conv weight w (stride 1, padding 1)
         return ((loss, dx), (gw,))
 
 
-@I.ir_module(check_well_formed=False)  # the kernel placeholders are replaced in the test
+#: Kernels are named after what shapes their code, and shared by the layers of that structure.
+NAMES = {d: f"sparse_irregular_{d}_8x4_cap{CAP}_2x4x6x6_s1_" + "_".join(D[n] for n in FMT.layout[d] if n != "values")
+         for d in ("forward", "grad_input", "grad_weight")}
+
+# The expected step, as TVMScript text (the kernel names are data): the three convs call the kernels
+# (placeholders here, replaced in the test), the weight is the compact values, the indices are inputs.
+EXPECTED = f"""
+@I.ir_module(check_well_formed=False)
 class Expected:
     @T.prim_func
-    def sparse_irregular_w_forward(x: T.handle):
+    def {NAMES["forward"]}(x: T.handle):
         T.evaluate(0)
 
     @T.prim_func
-    def sparse_irregular_w_grad_input(x: T.handle):
+    def {NAMES["grad_input"]}(x: T.handle):
         T.evaluate(0)
 
     @T.prim_func
-    def sparse_irregular_w_grad_weight(x: T.handle):
+    def {NAMES["grad_weight"]}(x: T.handle):
         T.evaluate(0)
 
     @R.function
-    def train_step(x: R.Tensor((2, 4, 6, 6), "float32"), values: R.Tensor((CAP,), "float32"),
-                   dy: R.Tensor((2, 8, 6, 6), "float32"), row_ptr: R.Tensor((L["row_ptr"],), D["row_ptr"]),
-                   positions: R.Tensor((L["positions"],), D["positions"]),
-                   t_row_ptr: R.Tensor((L["t_row_ptr"],), D["t_row_ptr"]),
-                   t_positions: R.Tensor((L["t_positions"],), D["t_positions"]),
-                   t_perm: R.Tensor((L["t_perm"],), D["t_perm"]), valid: R.Tensor((CAP,), "float32")):
+    def train_step(x: R.Tensor((2, 4, 6, 6), "float32"), values: R.Tensor(({CAP},), "float32"),
+                   dy: R.Tensor((2, 8, 6, 6), "float32"), row_ptr: R.Tensor(({L["row_ptr"]},), "{D["row_ptr"]}"),
+                   positions: R.Tensor(({L["positions"]},), "{D["positions"]}"),
+                   t_row_ptr: R.Tensor(({L["t_row_ptr"]},), "{D["t_row_ptr"]}"),
+                   t_positions: R.Tensor(({L["t_positions"]},), "{D["t_positions"]}"),
+                   t_perm: R.Tensor(({L["t_perm"]},), "{D["t_perm"]}"), valid: R.Tensor(({CAP},), "float32")):
         cls = Expected
         with R.dataflow():
-            y = R.call_tir(cls.sparse_irregular_w_forward, (x, row_ptr, positions, values),
+            y = R.call_tir(cls.{NAMES["forward"]}, (x, row_ptr, positions, values),
                            out_ty=R.Tensor((2, 8, 6, 6), "float32"))
             loss = R.sum(R.multiply(y, dy))
-            dx = R.call_tir(cls.sparse_irregular_w_grad_input, (dy, t_row_ptr, t_positions, t_perm, values),
+            dx = R.call_tir(cls.{NAMES["grad_input"]}, (dy, t_row_ptr, t_positions, t_perm, values),
                             out_ty=R.Tensor((2, 4, 6, 6), "float32"))
-            dvalues = R.call_tir(cls.sparse_irregular_w_grad_weight, (x, dy, row_ptr, positions),
-                                 out_ty=R.Tensor((CAP,), "float32"))
+            dvalues = R.call_tir(cls.{NAMES["grad_weight"]}, (x, dy, row_ptr, positions),
+                                 out_ty=R.Tensor(({CAP},), "float32"))
             gw = R.multiply(dvalues, valid)
             R.output(loss, dx, gw)
         return ((loss, dx), (gw,))
+"""
 
 
 INDEX = ["row_ptr", "positions", "t_row_ptr", "t_positions", "t_perm", "valid"]
@@ -88,9 +96,9 @@ def _lowered():
 
 def test_three_convs_become_kernels_and_the_weight_its_compact_values():
     after = _lowered()
-    expected = renamed(Expected, "train_step", ["data:x", "param:w", "data:dy", *(f"index:w:{n}" for n in INDEX)])
-    for direction in ("forward", "grad_input", "grad_weight"):
-        name = f"sparse_irregular_w_{direction}"
+    parsed = tvm.script.from_source(EXPECTED, extra_vars={"I": I, "R": R, "T": T}, check_well_formed=False)
+    expected = renamed(parsed, "train_step", ["data:x", "param:w", "data:dy", *(f"index:w:{n}" for n in INDEX)])
+    for direction, name in NAMES.items():
         expected[name] = kernel_function(primfunc(direction, FMT, (2, 4, 6, 6), 1), name, "w", "irregular",
                                          FMT.nbytes, "default knobs")
     tvm.ir.assert_structural_equal(after, expected)
