@@ -24,6 +24,7 @@ from tvm import te, tirx
 
 #: Block names, shared with the schedule pass.
 PHASE_PAD = "dense_phase_pad"
+IMAGE_VIEW = "dense_image_view"  # a phase-split "copy" that is the image itself: inlined, not computed
 FORWARD = "dense_conv_forward"
 GRAD_INPUT = "dense_conv_grad_input"
 GRAD_INPUT_TAPS = "dense_grad_input_taps"
@@ -40,11 +41,14 @@ def phase_pad(x: te.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pa
     """``P[n, c, i, j, a, b] = x[n, c, s_h*a + i - pad_t, s_w*b + j - pad_l]`` (zero outside ``x``).
 
     ``i`` runs over ``min(kernel_h, s_h)`` phases and ``a`` over ``out_h + (kernel_h - 1) // s_h`` rows:
-    exactly what a ``kernel``-tap, stride-``s`` conv producing ``out_size`` reads.
+    exactly what a ``kernel``-tap, stride-``s`` conv producing ``out_size`` reads. When that is ``x``
+    itself (stride 1, no padding, no row or column left out), the stage is named :data:`IMAGE_VIEW`.
     """
     _, _, height, width = (int(d) for d in x.shape)
     (kh, kw), (sh, sw), (pt, pl), (oh, ow) = kernel, stride, pad_before, out_size
     shape = (int(x.shape[0]), int(x.shape[1]), min(kh, sh), min(kw, sw), oh + (kh - 1) // sh, ow + (kw - 1) // sw)
+    if (sh, sw, pt, pl) == (1, 1, 0, 0) and shape[4:] == (height, width):
+        return te.compute(shape, lambda n, c, i, j, a, b: x[n, c, a, b], name=IMAGE_VIEW)
 
     def value(n, c, i, j, a, b):
         h, w = sh * a + i - pt, sw * b + j - pl
@@ -119,7 +123,8 @@ def conv2d_grad_input(dy: te.Tensor, w: te.Tensor, stride: tuple[int, int], padd
         inside = tirx.all(yy >= 0, yy < oh, xx >= 0, xx < ow)
         return te.if_then_else(inside, dy[n, f, yy, xx], _zero(dy.dtype))
 
-    d = te.compute(padded_shape, padded, name=PHASE_PAD)
+    is_view = (th, tw) == (1, 1) and padded_shape == tuple(int(v) for v in dy.shape)
+    d = te.compute(padded_shape, padded, name=IMAGE_VIEW if is_view else PHASE_PAD)
 
     def tap(f, c, r_h, r_w, t, u):
         i, j = r_h + sh * t, r_w + sw * u

@@ -188,7 +188,7 @@ def _schedule_grad_weight(func: _Func, conv, tile: RegisterTile, threads: int) -
     sch = func.sch
     f, c, i, j, rn, ry, rx = sch.get_loops(conv)
     outputs = func.epilogue([conv])
-    (pad,) = func.named(dense_conv_te.PHASE_PAD)
+    pads = func.named(dense_conv_te.PHASE_PAD)
     rxo, rxi = sch.split(rx, [None, largest_divisor(_extent(sch, rx), tile.lanes)])
     lanes = sch.rfactor(rxi, 4)  # partial sums [f, c, i, j, lane]
     f, c, i, j, rn, ry, rxo, rxi = sch.get_loops(lanes)
@@ -200,7 +200,8 @@ def _schedule_grad_weight(func: _Func, conv, tile: RegisterTile, threads: int) -
     co, ci = sch.split(c, [None, ci_size])
     sch.reorder(part, rn_rest, fo, co, i, ry, rxo, fi, ci, j, rxi)
     sch.parallel(part)
-    sch.compute_at(pad, rn_rest)
+    for pad in pads:
+        sch.compute_at(pad, rn_rest)
     sch.unroll(fi)
     sch.unroll(ci)
     sch.unroll(j)
@@ -259,10 +260,13 @@ class ScheduleDenseConv:
     ----------
     target : str or TargetSpec
         Target of the ``devices`` table whose registers size the tiles (default: this machine).
+    threads : int, optional
+        Threads the parallel loops are split for (default :func:`schedules.threads.num_threads`).
     """
 
-    def __init__(self, target: str | TargetSpec = "x86"):
+    def __init__(self, target: str | TargetSpec = "x86", threads: int | None = None):
         self.tile = RegisterTile.for_target(target)
+        self.threads = threads
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         """Apply the pass (see the module docstring)."""
@@ -273,7 +277,7 @@ class ScheduleDenseConv:
             if func.attrs is not None and "tir.is_scheduled" in func.attrs:
                 continue
             try:
-                scheduled = schedule_conv(func, self.tile)
+                scheduled = schedule_conv(func, self.tile, self.threads)
             except (RuntimeError, ValueError):  # a primitive refused it (ScheduleError, or a failed check)
                 scheduled = None
             if scheduled is not None:
