@@ -15,7 +15,10 @@ with ``groups == 1``:
 - ``relax.nn.conv2d_transpose`` NCHW / IOHW / NCHW, dilation 1 (the grad-input ``Gradient`` emits):
   one stride-1 conv per output residue class over the padded ``dy``, interleaved;
 - ``relax.nn.conv2d`` CNHW / IOHW / CNHW, strides 1 (the grad-weight ``Gradient`` emits, the forward
-  stride as its dilation): a reduction over batch and output pixels.
+  stride as its dilation): a reduction over batch and output pixels. When the conv's spatial size
+  exceeds the kernel (a stride-2 forward on an even input: a 1x1 kernel gets a 2x2 gradient conv)
+  ``Gradient`` slices its leading ``kernel`` taps off; such a ``strided_slice`` becomes the compute of
+  those taps alone, and the larger conv, now unused, is removed.
 
 What it refuses (leaves the call to ``LegalizeOps``): other layouts, grouped or dilated convs (a
 dilated forward conv, or a strided grad-weight conv, i.e. of a dilated forward), other dtypes,
@@ -32,6 +35,7 @@ from . import dense_conv_te
 
 _CONV2D = "relax.nn.conv2d"
 _CONV2D_TRANSPOSE = "relax.nn.conv2d_transpose"
+_STRIDED_SLICE = "relax.strided_slice"
 
 
 def _static_shape(expr) -> tuple[int, ...] | None:
@@ -79,13 +83,20 @@ def _accepts(call: relax.Call) -> str | None:
     return None
 
 
+def _ints(tuple_expr) -> tuple[int, ...]:
+    return tuple(int(v.value) for v in tuple_expr.fields)
+
+
 @mutator
 class _Legalizer(PyExprMutator):
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
+        self.grad_weights: dict = {}  # grad-weight PrimFunc -> (dilation, padding) it was made with
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
+        if isinstance(call.op, tvm.ir.Op) and call.op.name == _STRIDED_SLICE:
+            return self._leading_taps(call)
         kind = _accepts(call)
         if kind is None:
             return call
@@ -97,9 +108,33 @@ class _Legalizer(PyExprMutator):
             out_size = _static_shape(call)[2:]
             return self.builder_.call_te(dense_conv_te.conv2d_grad_input, a, b, _pair(attrs.strides), _padding(attrs),
                                          out_size, primfunc_name_hint="dense_conv2d_grad_input")
-        kernel = _static_shape(call)[2:]
-        return self.builder_.call_te(dense_conv_te.conv2d_grad_weight, a, b, _pair(attrs.dilation), _padding(attrs),
-                                     kernel, primfunc_name_hint="dense_conv2d_grad_weight")
+        return self._grad_weight(a, b, _pair(attrs.dilation), _padding(attrs), _static_shape(call)[2:])
+
+    def _grad_weight(self, x, dy, dilation, padding, kernel):
+        out = self.builder_.call_te(dense_conv_te.conv2d_grad_weight, x, dy, dilation, padding, kernel,
+                                    primfunc_name_hint="dense_conv2d_grad_weight")
+        self.grad_weights[out.args[0]] = (dilation, padding)
+        return out
+
+    def _leading_taps(self, call):
+        """``strided_slice(grad_weight, [0:F, 0:C, 0:kh, 0:kw])`` as the grad-weight of those taps."""
+        source = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+        if len(call.args) != 4 or source is None or source.op != tvm.ir.Op.get("relax.call_tir"):
+            return call
+        made = self.grad_weights.get(source.args[0])
+        if made is None:
+            return call
+        full = _static_shape(call.args[0])
+        axes, begin, end = (_ints(arg) for arg in call.args[1:])
+        stop = list(full)
+        for axis, first, last in zip(axes, begin, end):
+            if first != 0:
+                return call
+            stop[axis] = min(last, full[axis])
+        if stop[:2] != list(full[:2]):
+            return call
+        x, dy = source.args[1].fields
+        return self._grad_weight(x, dy, *made, tuple(stop[2:]))
 
 
 @tvm.transform.module_pass(opt_level=0, name="mest.LegalizeDenseConv")
@@ -116,4 +151,4 @@ class LegalizeDenseConv:
         out = legalizer.builder_.get()
         for gvar, func in functions.items():
             out[gvar] = func
-        return out
+        return relax.transform.DeadCodeElimination()(out)

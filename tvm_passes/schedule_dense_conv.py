@@ -11,16 +11,16 @@ the result where TVM allows it, else run as parallel loops of their own):
 
 - **direct convs**: TOPI's ``conv2d_nchw``, and the forward and grad-input convs of
   :mod:`tvm_passes.dense_conv_te`. A tile of ``channels x rows x columns`` outputs is accumulated in
-  vector registers (sizes from :func:`~tvm_passes.register_tile.outer_product_tile` and the target's
-  :class:`~tvm_passes.register_tile.RegisterTile`; columns vectorised, the rest unrolled), the
+  vector registers (sizes from :func:`~tvm_passes.dense_schedule.outer_product_tile` and the target's
+  :class:`~tvm_passes.dense_schedule.RegisterTile`; columns vectorised, the rest unrolled), the
   reduction loops outside the tile; in parallel over the images, each padding its own input into a
   per-thread copy first (over images and channel tiles, with one padding pass beforehand, when the
   batch is smaller than four images a thread). The grad-input's residue classes are interleaved
   into the output image by image.
 - **the grad-weight conv** of :mod:`tvm_passes.dense_conv_te`: the batch is split into one part
-  per thread; each part pads its images one at a time and accumulates ``filters x channels x taps``
-  partial sums, vectorised along the output columns (a lane per column), into a per-part buffer;
-  the parts and the lanes are then summed.
+  per thread; each part pads a few images at a time (enough pixels for a long inner loop) and
+  accumulates ``filters x channels x taps`` partial sums in registers, vectorised along the output
+  columns (a lane per column), into a per-part buffer; the parts and the lanes are then summed.
 
 What it refuses (leaves unchanged): functions with ``tir.is_scheduled``, grouped or NHWC convs (no
 block of these names), PrimFuncs with any other reduction block, and any function where a schedule
@@ -36,33 +36,33 @@ from devices.targets import TargetSpec
 from schedules.threads import num_threads
 
 from . import dense_conv_te
-from .register_tile import RegisterTile, inner_product_tile, largest_divisor, outer_product_tile
+from .dense_schedule import (
+    FuncBlocks,
+    RegisterTile,
+    block_name,
+    inner_product_tile,
+    largest_divisor,
+    outer_product_tile,
+    parallel_outer,
+    schedule_unscheduled,
+    unroll_and_vectorize,
+    write_back_at,
+)
 
 #: Reduction blocks of the direct convs: TOPI's forward, our forward, our grad-input classes.
 _DIRECT = ("conv2d_nchw", dense_conv_te.FORWARD, dense_conv_te.GRAD_INPUT)
 #: Padded copies the direct and grad-weight convs read (TOPI's and ours).
 _PADS = ("pad_temp", dense_conv_te.PHASE_PAD)
 _block_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
+#: Reduction steps a grad-weight tile takes between loading and storing its partial sums: images
+#: are taken together until their pixels give that many (a 8x8 image gives 8 steps of 8 lanes).
+_STEPS_PER_TILE = 64
 #: Images per thread below which the direct conv also splits the channels over the threads.
 _IMAGES_PER_THREAD = 4
 
 
-def _name(sch: s_tir.Schedule, block) -> str:
-    return sch.get(block).name_hint
-
-
-def _is_reduction(sch: s_tir.Schedule, block) -> bool:
-    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
 def _extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
-
-
-def _parallel_outer(sch: s_tir.Schedule, block, count: int = 2) -> None:
-    loops = sch.get_loops(block)
-    if loops:
-        sch.parallel(sch.fuse(*loops[: min(count, len(loops))]))
 
 
 def _loops_by_iter(sch: s_tir.Schedule, block) -> tuple[list, list]:
@@ -100,51 +100,13 @@ def _innermost(*loops):
     return next(lp for lp in loops if lp is not None)
 
 
-class _Func:
-    """The blocks of one PrimFunc by role."""
-
-    def __init__(self, sch: s_tir.Schedule):
-        self.sch = sch
-        self.root = sch.get_sblock("root")
-        self.blocks = sch.get_child_blocks(self.root)
-        self.reductions = [b for b in self.blocks if _is_reduction(sch, b)]
-        self.outputs = {_name(sch, b) for b in sch.get_output_blocks(self.root)}
-
-    def named(self, *prefixes: str) -> list:
-        return [b for b in self.blocks if _name(self.sch, b).startswith(prefixes)]
-
-    def epilogue(self, keep: list) -> list:
-        """Inline the element-wise blocks that are neither kept nor outputs; return the output ones."""
-        kept = {_name(self.sch, b) for b in keep}
-        outputs = []
-        for block in self.blocks:
-            name = _name(self.sch, block)
-            if name in kept or name.startswith(_PADS):
-                continue
-            if name in self.outputs:
-                outputs.append(block)
-            else:
-                self.sch.compute_inline(block)
-        return outputs
-
-    def try_reverse_inline(self, blocks: list) -> list:
-        """Inline each block into its producer's write-back where TVM allows it; return the others."""
-        left = []
-        for block in blocks:
-            try:
-                self.sch.reverse_compute_inline(block)
-            except s_tir.ScheduleError:
-                left.append(block)
-        return left
-
-
-def _schedule_direct(func: _Func, conv, tile: RegisterTile, threads: int) -> None:
+def _schedule_direct(func: FuncBlocks, conv, tile: RegisterTile, threads: int) -> None:
     """Register-tiled direct conv: spatial ``n, channel, *classes, rows, columns``; reductions inside."""
     sch = func.sch
     pads = func.named(*_PADS)
     interleave = func.named(dense_conv_te.GRAD_INPUT_INTERLEAVE)
     taps = func.named(dense_conv_te.GRAD_INPUT_TAPS)
-    outputs = func.try_reverse_inline([b for b in func.epilogue([conv, *interleave, *taps]) if b not in interleave])
+    outputs = func.try_reverse_inline([b for b in func.epilogue([conv, *interleave, *taps], _PADS) if b not in interleave])
     per_image = _extent(sch, sch.get_loops(conv)[0]) >= _IMAGES_PER_THREAD * threads
     if per_image and interleave:  # the classes of an image, then its interleave, under one image loop
         sch.compute_at(conv, sch.get_loops(interleave[0])[0])
@@ -161,33 +123,28 @@ def _schedule_direct(func: _Func, conv, tile: RegisterTile, threads: int) -> Non
     xo, xi_loop = _split(sch, cols, xi)
     outer = [*classes, co] if per_image else [n, co, *classes]
     sch.reorder(*(lp for lp in (*outer, yo, xo, *reduce, ci, yi_loop, xi_loop) if lp is not None))
-    acc = sch.cache_write(conv, 0, "global")
-    sch.reverse_compute_at(acc, _innermost(xo, yo, co, *classes, n))
+    write_back = write_back_at(sch, conv, _innermost(xo, yo, co, *classes, n))
     if per_image:
         for pad in pads:
             sch.compute_at(pad, n)
         sch.parallel(n)
     else:
         for block in (*pads, *interleave):
-            _parallel_outer(sch, block)
+            parallel_outer(sch, block)
         sch.parallel(sch.fuse(n, co) if co is not None else n)
-    for loop in (ci, yi_loop):
-        if loop is not None:
-            sch.unroll(loop)
-    if xi_loop is not None:
-        sch.vectorize(xi_loop)
+    unroll_and_vectorize(sch, [ci, yi_loop], xi_loop)
     if reduce:
         sch.decompose_reduction(conv, reduce[0])
-    sch.vectorize(sch.get_loops(acc)[-1])
+    unroll_and_vectorize(sch, [], write_back)
     for block in outputs:
-        _parallel_outer(sch, block)
+        parallel_outer(sch, block)
 
 
-def _schedule_grad_weight(func: _Func, conv, tile: RegisterTile, threads: int) -> None:
+def _schedule_grad_weight(func: FuncBlocks, conv, tile: RegisterTile, threads: int) -> None:
     """Batch split over threads, partial sums ``filters x channels x taps x lanes`` per part."""
     sch = func.sch
     f, c, i, j, rn, ry, rx = sch.get_loops(conv)
-    outputs = func.epilogue([conv])
+    outputs = func.epilogue([conv], _PADS)
     pads = func.named(dense_conv_te.PHASE_PAD)
     rxo, rxi = sch.split(rx, [None, largest_divisor(_extent(sch, rx), tile.lanes)])
     lanes = sch.rfactor(rxi, 4)  # partial sums [f, c, i, j, lane]
@@ -198,19 +155,19 @@ def _schedule_grad_weight(func: _Func, conv, tile: RegisterTile, threads: int) -
     fi_size, ci_size = inner_product_tile(tile, _extent(sch, f), _extent(sch, c), _extent(sch, j), _extent(sch, rxi))
     fo, fi = sch.split(f, [None, fi_size])
     co, ci = sch.split(c, [None, ci_size])
-    sch.reorder(part, rn_rest, fo, co, i, ry, rxo, fi, ci, j, rxi)
+    steps_per_image = _extent(sch, ry) * _extent(sch, rxo)
+    images = largest_divisor(_extent(sch, rn_rest), -(-_STEPS_PER_TILE // steps_per_image))
+    rn_outer, rn_inner = sch.split(rn_rest, [None, images])
+    sch.reorder(part, rn_outer, fo, co, i, rn_inner, ry, rxo, fi, ci, j, rxi)
     sch.parallel(part)
     for pad in pads:
-        sch.compute_at(pad, rn_rest)
-    sch.unroll(fi)
-    sch.unroll(ci)
-    sch.unroll(j)
-    sch.vectorize(rxi)
-    sch.decompose_reduction(parts, rn_rest)
+        sch.compute_at(pad, rn_outer)
+    unroll_and_vectorize(sch, [fi, ci, j], rxi)
+    sch.decompose_reduction(parts, rn_outer)
     sch.compute_at(lanes, sch.get_loops(conv)[0])
     sch.parallel(sch.get_loops(conv)[0])
     for block in outputs:
-        _parallel_outer(sch, block, 1)
+        parallel_outer(sch, block, 1)
 
 
 def schedule_conv(func: tirx.PrimFunc, tile: RegisterTile, threads: int | None = None) -> tirx.PrimFunc | None:
@@ -238,11 +195,11 @@ def schedule_conv(func: tirx.PrimFunc, tile: RegisterTile, threads: int | None =
     """
     threads = threads or num_threads()
     sch = s_tir.Schedule(func)
-    blocks = _Func(sch)
+    blocks = FuncBlocks(sch)
     if len(blocks.reductions) != 1:
         return None
     conv = blocks.reductions[0]
-    name = _name(sch, conv)
+    name = block_name(sch, conv)
     if name.startswith(_DIRECT):
         _schedule_direct(blocks, conv, tile, threads)
     elif name.startswith(dense_conv_te.GRAD_WEIGHT):
@@ -270,16 +227,4 @@ class ScheduleDenseConv:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         """Apply the pass (see the module docstring)."""
-        out = mod.clone()
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
-            if func.attrs is not None and "tir.is_scheduled" in func.attrs:
-                continue
-            try:
-                scheduled = schedule_conv(func, self.tile, self.threads)
-            except (RuntimeError, ValueError):  # a primitive refused it (ScheduleError, or a failed check)
-                scheduled = None
-            if scheduled is not None:
-                out[gvar] = scheduled
-        return out
+        return schedule_unscheduled(mod, lambda func: schedule_conv(func, self.tile, self.threads))

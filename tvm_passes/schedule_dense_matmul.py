@@ -8,7 +8,7 @@ x)``: all three are TOPI ``matmul`` blocks ``C[i, j] += A[i, k] * B[k, j]``.
 
 What it does: a tile of ``rows x columns`` of ``C`` is accumulated in vector registers (``A``
 broadcast, ``B`` loaded along the columns, which are vectorised; sizes from
-:func:`~tvm_passes.register_tile.outer_product_tile`), the reduction outside the tile; element-wise
+:func:`~tvm_passes.dense_schedule.outer_product_tile`), the reduction outside the tile; element-wise
 epilogues are inlined into the tile's write-back where TVM allows it. The row tiles run in parallel
 only when the product has at least :data:`PARALLEL_MIN_MACS` multiply-adds: below that, waking the
 thread pool costs more than it saves (a ResNet classifier has 82k).
@@ -25,7 +25,16 @@ from tvm import s_tir, tirx
 
 from devices.targets import TargetSpec
 
-from .register_tile import RegisterTile, outer_product_tile
+from .dense_schedule import (
+    FuncBlocks,
+    RegisterTile,
+    block_name,
+    outer_product_tile,
+    parallel_outer,
+    schedule_unscheduled,
+    unroll_and_vectorize,
+    write_back_at,
+)
 
 #: Multiply-adds from which the row tiles run in parallel.
 PARALLEL_MIN_MACS = 1 << 20
@@ -52,47 +61,30 @@ def schedule_matmul(func: tirx.PrimFunc, tile: RegisterTile) -> tirx.PrimFunc | 
         When a schedule primitive refuses the function.
     """
     sch = s_tir.Schedule(func)
-    root = sch.get_sblock("root")
-    blocks = sch.get_child_blocks(root)
-    reductions = [b for b in blocks if any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(b).iter_vars)]
-    if len(reductions) != 1 or not sch.get(reductions[0]).name_hint.startswith("matmul"):
+    blocks = FuncBlocks(sch)
+    if len(blocks.reductions) != 1 or not block_name(sch, blocks.reductions[0]).startswith("matmul"):
         return None
-    matmul = reductions[0]
+    matmul = blocks.reductions[0]
     kinds = [int(iv.iter_type) for iv in sch.get(matmul).iter_vars]
     loops = sch.get_loops(matmul)
     if kinds != [tirx.IterVar.DataPar, tirx.IterVar.DataPar, tirx.IterVar.CommReduce] or len(loops) != 3:
         return None
-    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
-    epilogue = []
-    for block in blocks:
-        if block == matmul:
-            continue
-        if sch.get(block).name_hint in outputs:
-            epilogue.append(block)
-        else:
-            sch.compute_inline(block)
+    epilogue = blocks.epilogue([matmul])
     i, j, k = loops
     rows, columns = int(sch.get(i).extent), int(sch.get(j).extent)
     ri, _, cj = outer_product_tile(tile, rows, 1, columns)
     io, ii = sch.split(i, [None, ri])
     jo, ji = sch.split(j, [None, cj])
     sch.reorder(io, jo, k, ii, ji)
-    acc = sch.cache_write(matmul, 0, "global")
-    sch.reverse_compute_at(acc, jo)
-    left = []
-    for block in epilogue:
-        try:
-            sch.reverse_compute_inline(block)
-        except s_tir.ScheduleError:
-            left.append(block)
-    sch.unroll(ii)
-    sch.vectorize(ji)
-    sch.decompose_reduction(matmul, k)
-    sch.vectorize(sch.get_loops(acc)[-1])
+    write_back = write_back_at(sch, matmul, jo)
+    left = blocks.try_reverse_inline(epilogue)
     if rows * columns * int(sch.get(k).extent) >= PARALLEL_MIN_MACS:
         sch.parallel(io)
         for block in left:
-            sch.parallel(sch.get_loops(block)[0])
+            parallel_outer(sch, block, 1)
+    unroll_and_vectorize(sch, [ii], ji)
+    sch.decompose_reduction(matmul, k)
+    unroll_and_vectorize(sch, [], write_back)
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
@@ -111,14 +103,4 @@ class ScheduleDenseMatmul:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         """Apply the pass (see the module docstring)."""
-        out = mod.clone()
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or (func.attrs is not None and "tir.is_scheduled" in func.attrs):
-                continue
-            try:
-                scheduled = schedule_matmul(func, self.tile)
-            except (RuntimeError, ValueError):  # a primitive refused it (ScheduleError, or a failed check)
-                scheduled = None
-            if scheduled is not None:
-                out[gvar] = scheduled
-        return out
+        return schedule_unscheduled(mod, lambda func: schedule_matmul(func, self.tile))

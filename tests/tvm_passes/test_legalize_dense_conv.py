@@ -41,8 +41,29 @@ def test_the_three_convs_of_a_gradient_become_our_computes():
     for name in (dense_conv_te.FORWARD, dense_conv_te.GRAD_INPUT, dense_conv_te.GRAD_INPUT_INTERLEAVE,
                  dense_conv_te.GRAD_WEIGHT, dense_conv_te.PHASE_PAD):
         assert name in blocks
-    # the other bindings are untouched, e.g. the slice of the grad-weight conv's 4x4 output to 3x3
-    assert "R.strided_slice" in script and "R.sum" in script
+    assert "R.sum" in script  # the other bindings are untouched
+    # Gradient's 4x4 grad-weight conv, sliced to 3x3, became the compute of the 3x3 taps alone
+    assert "R.strided_slice" in before["main_adjoint"].script() and "R.strided_slice" not in script
+    (grad_weight,) = [f for name, f in prim_funcs(after).items() if name.startswith("dense_conv2d_grad_weight")]
+    assert [int(d) for d in grad_weight.params[-1].shape] == [5, 3, 3, 3]
+
+
+def test_a_slice_that_is_not_leading_taps_is_kept():
+    before = _gradient_module((2, 3, 10, 10), (5, 3, 3, 3), 2, 1)
+
+    @relax.expr_functor.mutator
+    class _LastTaps(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op.name == "relax.strided_slice":
+                return relax.op.strided_slice(call.args[0], [2, 3], [1, 1], [4, 4])
+            return call
+
+    before["main_adjoint"] = _LastTaps().visit_expr(before["main_adjoint"])
+    after = LegalizeDenseConv()(before)
+    assert "R.strided_slice" in after["main_adjoint"].script()
+    (grad_weight,) = [f for name, f in prim_funcs(after).items() if name.startswith("dense_conv2d_grad_weight")]
+    assert [int(d) for d in grad_weight.params[-1].shape] == [5, 3, 4, 4]
 
 
 def test_a_1x1_stride_1_conv_reads_its_input_without_a_copy():

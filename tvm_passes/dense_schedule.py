@@ -1,15 +1,19 @@
-"""How large a register-tiled accumulator may be on a target, and which tile a loop nest gets.
+"""What the dense schedule passes share: the register budget of a target, tile choice, application.
 
 The dense schedules (:class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`,
 :class:`~tvm_passes.schedule_dense_matmul.ScheduleDenseMatmul`) keep a block of outputs in vector
 registers while the reduction runs. Its size comes from the target's row of the ``devices`` table:
 float32 lanes per vector register, and the registers left for accumulators once a few are kept for
-the operands.
+the operands. :func:`schedule_unscheduled` applies such a schedule to a module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
 
 from devices.targets import TargetSpec, get_target
 
@@ -139,3 +143,111 @@ def inner_product_tile(tile: RegisterTile, filters: int, channels: int, taps: in
             if best_key is None or key > best_key:
                 best, best_key = (fi, ci), key
     return best
+
+
+def block_name(sch: s_tir.Schedule, block) -> str:
+    """The name of a block."""
+    return sch.get(block).name_hint
+
+
+def is_reduction(sch: s_tir.Schedule, block) -> bool:
+    """Whether a block has a reduction iterator."""
+    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def parallel_outer(sch: s_tir.Schedule, block, count: int = 2) -> None:
+    """Fuse the ``count`` outer loops of a block and run them in parallel."""
+    loops = sch.get_loops(block)
+    if loops:
+        sch.parallel(sch.fuse(*loops[: min(count, len(loops))]))
+
+
+def write_back_at(sch: s_tir.Schedule, block, loop):
+    """Accumulate ``block`` in a small buffer written back under ``loop``; return the write-back's innermost loop.
+
+    The buffer (``cache_write``, global scope) is sized by the tile below ``loop`` and allocated
+    there, inside any parallel loop: a few hundred bytes that LLVM keeps in registers. None when the
+    write-back has no loop of its own (a one-element tile).
+    """
+    write_back = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(write_back, loop)
+    loops = sch.get_loops(write_back)
+    at = next(i for i, lp in enumerate(loops) if sch.get_sref(lp).same_as(sch.get_sref(loop)))
+    return loops[-1] if len(loops) > at + 1 else None
+
+
+def unroll_and_vectorize(sch: s_tir.Schedule, unrolled: list, vectorized) -> None:
+    """Unroll the ``unrolled`` loops and vectorise ``vectorized``, skipping absent and unit loops."""
+    for loop in unrolled:
+        if loop is not None and int(sch.get(loop).extent) > 1:
+            sch.unroll(loop)
+    if vectorized is not None and int(sch.get(vectorized).extent) > 1:
+        sch.vectorize(vectorized)
+
+
+class FuncBlocks:
+    """The blocks of the PrimFunc of a schedule, by role (reductions, outputs, element-wise rest).
+
+    Parameters
+    ----------
+    sch : tvm.s_tir.Schedule
+    """
+
+    def __init__(self, sch: s_tir.Schedule):
+        self.sch = sch
+        self.root = sch.get_sblock("root")
+        self.reductions = [b for b in self.blocks if is_reduction(sch, b)]
+        self.outputs = {block_name(sch, b) for b in sch.get_output_blocks(self.root)}
+
+    @property
+    def blocks(self) -> list:
+        """The blocks under the root now (inlining removes some)."""
+        return self.sch.get_child_blocks(self.root)
+
+    def named(self, *prefixes: str) -> list:
+        """The blocks whose name starts with one of ``prefixes``."""
+        return [b for b in self.blocks if block_name(self.sch, b).startswith(prefixes)]
+
+    def epilogue(self, keep: list, keep_prefixes: tuple[str, ...] = ()) -> list:
+        """Inline every block neither kept (by block or name prefix) nor an output; return the output ones."""
+        kept = {block_name(self.sch, b) for b in keep}
+        outputs = []
+        for block in self.blocks:
+            name = block_name(self.sch, block)
+            if name in kept or name.startswith(keep_prefixes):
+                continue
+            if name in self.outputs:
+                outputs.append(block)
+            else:
+                self.sch.compute_inline(block)
+        return outputs
+
+    def try_reverse_inline(self, blocks: list) -> list:
+        """Inline each block into its producer where TVM allows it (a write-back); return the others."""
+        left = []
+        for block in blocks:
+            try:
+                self.sch.reverse_compute_inline(block)
+            except s_tir.ScheduleError:
+                left.append(block)
+        return left
+
+
+def schedule_unscheduled(mod: tvm.IRModule, schedule: Callable[[tirx.PrimFunc], tirx.PrimFunc | None]) -> tvm.IRModule:
+    """``mod`` with each PrimFunc lacking ``tir.is_scheduled`` replaced by ``schedule(func)``.
+
+    ``schedule`` returns None for a function it does not take; a function on which a schedule
+    primitive fails (``tvm.s_tir.ScheduleError``, or a ``ValueError`` from a failed check inside
+    one) is left unchanged too.
+    """
+    out = mod.clone()
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or (func.attrs is not None and "tir.is_scheduled" in func.attrs):
+            continue
+        try:
+            scheduled = schedule(func)
+        except (RuntimeError, ValueError):
+            scheduled = None
+        if scheduled is not None:
+            out[gvar] = scheduled
+    return out
