@@ -38,6 +38,29 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"data:{seed}:{epoch}".encode()))
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, sparse: SparseState | None,
+               images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step: forward, cross-entropy, backward, ``grad *= mask``, SGD step, ``weight *= mask``.
+
+    The trainer's step, and the one ``benchmarks.train_step`` times. ``sparse`` None is dense training.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The logits and the (mean) loss of the batch.
+    """
+    logits = model(images)
+    loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if sparse is not None:
+        sparse.apply_to_grads()
+    optimizer.step()
+    if sparse is not None:
+        sparse.apply_to_weights()
+    return logits, loss
+
+
 class Trainer:
     """One MEST run in ``out_dir``: fresh from a config, or resumed from a checkpoint.
 
@@ -173,13 +196,7 @@ class Trainer:
                    leave=False, disable=not self.progress)
         loss_sum, correct_sum, seen = 0.0, 0, 0
         for indices, images, labels in bar:
-            logits = self.model(images)
-            loss = F.cross_entropy(logits, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.sparse.apply_to_grads()
-            self.optimizer.step()
-            self.sparse.apply_to_weights()
+            logits, loss = train_step(self.model, self.optimizer, self.sparse, images, labels)
             correct = logits.detach().argmax(dim=1) == labels
             self.forgetting.update(indices, correct)
             loss_sum += loss.item() * len(labels)

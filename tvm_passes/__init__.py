@@ -11,5 +11,6 @@ One pass per module, in pipeline order (:mod:`tvm_passes.pipeline` runs them):
 - :mod:`~tvm_passes.tuning`: the tuning database directory (phase 6).
 
 The annotation contract shared by the passes is in :mod:`~tvm_passes.sparse_conv`; the per-layer
-report in :mod:`~tvm_passes.report`; ``python -m tvm_passes.bench`` is the benchmark.
+report in :mod:`~tvm_passes.report`. The benchmarks are ``python -m benchmarks.inference`` and
+``python -m benchmarks.crossover``.
 """
