@@ -233,8 +233,23 @@ class FuncBlocks:
         return left
 
 
+#: The marks of a scheduled PrimFunc: ``tirx.is_scheduled`` is TVM 0.27's (dlight, MetaSchedule's task
+#: extraction), ``tir.is_scheduled`` the older name the rest of this project checks.
+SCHEDULED_MARKS = ("tirx.is_scheduled", "tir.is_scheduled")
+
+
+def is_scheduled(func: tirx.PrimFunc) -> bool:
+    """Whether a PrimFunc carries either mark of :data:`SCHEDULED_MARKS`."""
+    return func.attrs is not None and any(mark in func.attrs for mark in SCHEDULED_MARKS)
+
+
+def mark_scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with both marks of :data:`SCHEDULED_MARKS`."""
+    return func.with_attrs({mark: True for mark in SCHEDULED_MARKS})
+
+
 def schedule_unscheduled(mod: tvm.IRModule, schedule: Callable[[tirx.PrimFunc], tirx.PrimFunc | None]) -> tvm.IRModule:
-    """``mod`` with each PrimFunc lacking ``tir.is_scheduled`` replaced by ``schedule(func)``.
+    """``mod`` with each PrimFunc not :func:`is_scheduled` replaced by ``schedule(func)``.
 
     ``schedule`` returns None for a function it does not take; a function on which a schedule
     primitive fails (``tvm.s_tir.ScheduleError``, or a ``ValueError`` from a failed check inside
@@ -242,7 +257,7 @@ def schedule_unscheduled(mod: tvm.IRModule, schedule: Callable[[tirx.PrimFunc], 
     """
     out = mod.clone()
     for gvar, func in mod.functions_items():
-        if not isinstance(func, tirx.PrimFunc) or (func.attrs is not None and "tir.is_scheduled" in func.attrs):
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
         try:
             scheduled = schedule(func)

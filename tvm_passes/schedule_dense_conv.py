@@ -1,8 +1,8 @@
 """ScheduleDenseConv: a default CPU schedule for the dense convolutions the tuning database lacks.
 
 Where it runs: after ``LegalizeOps``/``FuseOps``/``FuseTIR`` and after ``MetaScheduleApplyDatabase``
-(phase 6 of the pipeline): it only touches PrimFuncs that are still unscheduled (no
-``tir.is_scheduled``), so a tuned record always wins. In a training step, run
+(phase 6 of the pipeline): it only touches PrimFuncs that are still unscheduled (neither mark of
+:data:`~tvm_passes.dense_schedule.SCHEDULED_MARKS`), so a tuned record always wins. In a training step, run
 :class:`~tvm_passes.legalize_dense_conv.LegalizeDenseConv` before ``LegalizeOps`` so that the
 grad-input and grad-weight convs are in the forms taken here.
 
@@ -22,7 +22,7 @@ the result where TVM allows it, else run as parallel loops of their own):
   accumulates ``filters x channels x taps`` partial sums in registers, vectorised along the output
   columns (a lane per column), into a per-part buffer; the parts and the lanes are then summed.
 
-What it refuses (leaves unchanged): functions with ``tir.is_scheduled``, grouped or NHWC convs (no
+What it refuses (leaves unchanged): scheduled functions, grouped or NHWC convs (no
 block of these names), PrimFuncs with any other reduction block, and any function where a schedule
 primitive fails.
 """
@@ -38,6 +38,7 @@ from schedules.threads import num_threads
 from . import dense_conv_te
 from .dense_schedule import (
     FuncBlocks,
+    mark_scheduled,
     RegisterTile,
     block_name,
     inner_product_tile,
@@ -185,7 +186,7 @@ def schedule_conv(func: tirx.PrimFunc, tile: RegisterTile, threads: int | None =
     Returns
     -------
     tvm.tirx.PrimFunc or None
-        With ``tir.is_scheduled`` set.
+        Marked scheduled (:func:`~tvm_passes.dense_schedule.mark_scheduled`).
 
     Raises
     ------
@@ -206,7 +207,7 @@ def schedule_conv(func: tirx.PrimFunc, tile: RegisterTile, threads: int | None =
         _schedule_grad_weight(blocks, conv, tile, threads)
     else:
         return None
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return mark_scheduled(sch.mod["main"])
 
 
 @tvm.transform.module_pass(opt_level=0, name="mest.ScheduleDenseConv")

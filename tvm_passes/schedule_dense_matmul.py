@@ -2,7 +2,7 @@
 
 Where it runs: after ``LegalizeOps``/``FuseOps``/``FuseTIR`` and after ``MetaScheduleApplyDatabase``,
 next to :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`: it only touches PrimFuncs that
-are still unscheduled (no ``tir.is_scheduled``). A classifier ``linear`` imports as
+are still unscheduled (neither mark of :data:`~tvm_passes.dense_schedule.SCHEDULED_MARKS`). A classifier ``linear`` imports as
 ``matmul(x, permute_dims(W))``; its gradients are ``matmul(dy, W)`` and ``matmul(permute_dims(dy),
 x)``: all three are TOPI ``matmul`` blocks ``C[i, j] += A[i, k] * B[k, j]``.
 
@@ -13,7 +13,7 @@ epilogues are inlined into the tile's write-back where TVM allows it. The row ti
 only when the product has at least :data:`PARALLEL_MIN_MACS` multiply-adds: below that, waking the
 thread pool costs more than it saves (a ResNet classifier has 82k).
 
-What it refuses (leaves unchanged): functions with ``tir.is_scheduled``, batched or transposed
+What it refuses (leaves unchanged): scheduled functions, batched or transposed
 matmul blocks (anything but 2 spatial and 1 reduction loop), PrimFuncs with any other reduction
 block, and any function where a schedule primitive fails.
 """
@@ -27,6 +27,7 @@ from devices.targets import TargetSpec
 
 from .dense_schedule import (
     FuncBlocks,
+    mark_scheduled,
     RegisterTile,
     block_name,
     outer_product_tile,
@@ -53,7 +54,7 @@ def schedule_matmul(func: tirx.PrimFunc, tile: RegisterTile) -> tirx.PrimFunc | 
     Returns
     -------
     tvm.tirx.PrimFunc or None
-        With ``tir.is_scheduled`` set.
+        Marked scheduled (:func:`~tvm_passes.dense_schedule.mark_scheduled`).
 
     Raises
     ------
@@ -85,7 +86,7 @@ def schedule_matmul(func: tirx.PrimFunc, tile: RegisterTile) -> tirx.PrimFunc | 
     unroll_and_vectorize(sch, [ii], ji)
     sch.decompose_reduction(matmul, k)
     unroll_and_vectorize(sch, [], write_back)
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return mark_scheduled(sch.mod["main"])
 
 
 @tvm.transform.module_pass(opt_level=0, name="mest.ScheduleDenseMatmul")
