@@ -30,6 +30,8 @@ GRAD_INPUT = "dense_conv_grad_input"
 GRAD_INPUT_TAPS = "dense_grad_input_taps"
 GRAD_INPUT_INTERLEAVE = "dense_grad_input_interleave"
 GRAD_WEIGHT = "dense_conv_grad_weight"
+#: Block annotation of the interleave: the stride ``[s_h, s_w]`` whose residue classes it gathers.
+STRIDE_ATTR = "mest.stride"
 
 
 def _zero(dtype: str) -> tirx.PrimExpr:
@@ -123,8 +125,10 @@ def conv2d_grad_input(dy: te.Tensor, w: te.Tensor, stride: tuple[int, int], padd
         inside = tirx.all(yy >= 0, yy < oh, xx >= 0, xx < ow)
         return te.if_then_else(inside, dy[n, f, yy, xx], _zero(dy.dtype))
 
-    is_view = (th, tw) == (1, 1) and padded_shape == tuple(int(v) for v in dy.shape)
-    d = te.compute(padded_shape, padded, name=IMAGE_VIEW if is_view else PHASE_PAD)
+    if (th, tw) == (1, 1) and padded_shape == tuple(int(v) for v in dy.shape):
+        d = te.compute(padded_shape, lambda n, f, y, x: dy[n, f, y, x], name=IMAGE_VIEW)
+    else:
+        d = te.compute(padded_shape, padded, name=PHASE_PAD)
 
     def tap(f, c, r_h, r_w, t, u):
         i, j = r_h + sh * t, r_w + sw * u
@@ -148,4 +152,5 @@ def conv2d_grad_input(dy: te.Tensor, w: te.Tensor, stride: tuple[int, int], padd
         value = classes[n, c, tirx.min(r_h, rh - 1), tirx.min(r_w, rw - 1), h // sh, x // sw]
         return te.if_then_else(reached, value, _zero(dy.dtype))
 
-    return te.compute((batch, channels, height, width), interleave, name=GRAD_INPUT_INTERLEAVE)
+    return te.compute((batch, channels, height, width), interleave, name=GRAD_INPUT_INTERLEAVE,
+                      attrs={STRIDE_ATTR: [sh, sw]})

@@ -27,6 +27,8 @@ MAX_TILE_BYTES = 1024
 FMAS_PER_CYCLE = 2
 LOADS_PER_CYCLE = 2
 FMA_LATENCY = 4
+#: Bytes of a cache line (x86 and ARM alike).
+CACHE_LINE_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,10 @@ def outer_product_tile(tile: RegisterTile, broadcast_extent: int, rows_extent: i
     vector of width, and issues ``broadcast * rows * vectors`` FMAs. The tile fits the accumulators,
     each extent divides its loop (a width below one vector is allowed), and among those the one with
     the most useful lanes per cycle wins, a step taking the longest of its FMAs, its loads and the FMA
-    latency (:data:`FMAS_PER_CYCLE`, :data:`LOADS_PER_CYCLE`, :data:`FMA_LATENCY`). Ties go to more
-    rows, then wider vectors.
+    latency (:data:`FMAS_PER_CYCLE`, :data:`LOADS_PER_CYCLE`, :data:`FMA_LATENCY`). Ties go to rows
+    that fill a cache line (16 floats in one line rather than four rows of 8 in four), then to more
+    broadcasts, then to more rows: measured single-threaded on the stem and the 1x1 convs of
+    ResNet-32 (AMD Zen 3), 4 x 1 x 16 ran 10-35% faster than 2 x 4 x 8 and than 2 x 1 x 32.
 
     Parameters
     ----------
@@ -107,7 +111,8 @@ def outer_product_tile(tile: RegisterTile, broadcast_extent: int, rows_extent: i
         for rows in divisors(rows_extent, tile.accumulators // vectors):
             for broadcast in divisors(broadcast_extent, tile.accumulators // (vectors * rows)):
                 fmas, loads = broadcast * rows * vectors, broadcast + rows * vectors
-                key = (_lanes_per_cycle(broadcast * rows * width, fmas, loads), rows, width, broadcast)
+                row_bytes = min(4 * width, CACHE_LINE_BYTES)
+                key = (_lanes_per_cycle(broadcast * rows * width, fmas, loads), row_bytes, broadcast, rows, width)
                 if best_key is None or key > best_key:
                     best, best_key = (broadcast, rows, width), key
     return best
@@ -118,7 +123,9 @@ def inner_product_tile(tile: RegisterTile, filters: int, channels: int, taps: in
 
     The reduction runs along ``width`` lanes (one accumulator vector per output and ``width`` floats);
     every step loads one vector per filter and per channel and tap, and issues one FMA per
-    accumulator. Same fit and cost model as :func:`outer_product_tile`; ties go to more channels.
+    accumulator. Same fit and cost model as :func:`outer_product_tile`; ties go to more filters (the
+    ``dy`` rows are aligned; measured on the 1x1 shortcuts of ResNet-32, 4 filters x 2 channels ran
+    15% faster than 2 x 4).
 
     Parameters
     ----------
@@ -139,7 +146,7 @@ def inner_product_tile(tile: RegisterTile, filters: int, channels: int, taps: in
     for ci in divisors(channels, max(1, tile.accumulators // (vectors * taps))):
         for fi in divisors(filters, max(1, tile.accumulators // (vectors * taps * ci))):
             fmas, loads = fi * ci * taps * vectors, (fi + ci * taps) * vectors
-            key = (_lanes_per_cycle(fi * ci * taps * width, fmas, loads), ci, fi)
+            key = (_lanes_per_cycle(fi * ci * taps * width, fmas, loads), fi, ci)
             if best_key is None or key > best_key:
                 best, best_key = (fi, ci), key
     return best

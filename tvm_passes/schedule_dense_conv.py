@@ -122,8 +122,8 @@ def _schedule_direct(func: FuncBlocks, conv, tile: RegisterTile, threads: int) -
     co, ci = _split(sch, channel, fi)
     yo, yi_loop = _split(sch, rows, yi)
     xo, xi_loop = _split(sch, cols, xi)
-    outer = [*classes, co] if per_image else [n, co, *classes]
-    sch.reorder(*(lp for lp in (*outer, yo, xo, *reduce, ci, yi_loop, xi_loop) if lp is not None))
+    outer = [*classes, co, yo, xo] if per_image else [n, co, *classes, yo, xo]
+    sch.reorder(*(lp for lp in (*outer, *reduce, ci, yi_loop, xi_loop) if lp is not None))
     write_back = write_back_at(sch, conv, _innermost(xo, yo, co, *classes, n))
     if per_image:
         for pad in pads:
@@ -137,8 +137,25 @@ def _schedule_direct(func: FuncBlocks, conv, tile: RegisterTile, threads: int) -
     if reduce:
         sch.decompose_reduction(conv, reduce[0])
     unroll_and_vectorize(sch, [], write_back)
+    for block in interleave:
+        _interleave_by_phase(sch, block)
     for block in outputs:
         parallel_outer(sch, block)
+
+
+def _interleave_by_phase(sch: s_tir.Schedule, block) -> None:
+    """Loops ``c, a, ph, b, pw`` (``h = s*a + ph``, ``w = s*b + pw``), ``ph`` and ``pw`` unrolled.
+
+    Each unrolled copy has constant residues, so its select folds away and the stores along ``b``
+    form stride-``s`` groups that LLVM's loop vectorizer turns into shuffles and full-width stores.
+    """
+    sh, sw = (int(v) for v in sch.get(block).annotations[dense_conv_te.STRIDE_ATTR])
+    *outer, h, w = sch.get_loops(block)
+    a, ph = sch.split(h, [None, sh])
+    b, pw = sch.split(w, [None, sw])
+    sch.reorder(a, ph, b, pw)
+    sch.unroll(ph)
+    sch.unroll(pw)
 
 
 def _schedule_grad_weight(func: FuncBlocks, conv, tile: RegisterTile, threads: int) -> None:
