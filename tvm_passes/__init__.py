@@ -15,7 +15,8 @@ One pass per module, in pipeline order (:mod:`tvm_passes.pipeline` runs them):
 For a compiled training step (forward, ``Gradient``, optimizer), the dense convs, their gradients and
 the classifier: :mod:`~tvm_passes.legalize_dense_conv` (``LegalizeDenseConv``, before ``LegalizeOps``)
 and :mod:`~tvm_passes.schedule_dense_ops` (``ScheduleDenseOps``: ``ScheduleDenseConv``,
-:mod:`~tvm_passes.schedule_dense_matmul`'s ``ScheduleDenseMatmul`` and dlight's CPU reductions, after
+:mod:`~tvm_passes.schedule_dense_matmul`'s ``ScheduleDenseMatmul``,
+:mod:`~tvm_passes.schedule_global_pool`'s ``ScheduleGlobalPool`` and dlight's CPU reductions, after
 ``FuseTIR``); their computations are in :mod:`~tvm_passes.dense_conv_te`, their shared tiling in
 :mod:`~tvm_passes.dense_schedule`.
 

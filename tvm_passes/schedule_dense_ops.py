@@ -12,8 +12,9 @@ training step's dense part is then::
 
 What it does: :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv` (the convs, three
 directions), :class:`~tvm_passes.schedule_dense_matmul.ScheduleDenseMatmul` (the classifier's
-matmuls), then dlight's CPU ``Reduction`` rule for the reductions that are left (the global average
-pool, BN statistics, the loss) under the target.
+matmuls), :class:`~tvm_passes.schedule_global_pool.ScheduleGlobalPool` (the global average pool),
+then dlight's CPU ``Reduction`` rule for the reductions that are left (BN statistics, the loss)
+under the target.
 
 What it refuses: each pass its own (scheduled functions, shapes it does not take); it never
 reschedules a function.
@@ -28,6 +29,7 @@ from devices.targets import TargetSpec, get_target, tvm_target
 
 from .schedule_dense_conv import ScheduleDenseConv
 from .schedule_dense_matmul import ScheduleDenseMatmul
+from .schedule_global_pool import ScheduleGlobalPool
 
 
 @tvm.transform.module_pass(opt_level=0, name="mest.ScheduleDenseOps")
@@ -48,6 +50,8 @@ class ScheduleDenseOps:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         """Apply the pass (see the module docstring)."""
-        mod = ScheduleDenseMatmul(self.spec)(ScheduleDenseConv(self.spec, self.threads)(mod))
+        for schedule in (ScheduleDenseConv(self.spec, self.threads), ScheduleDenseMatmul(self.spec),
+                         ScheduleGlobalPool(self.spec)):
+            mod = schedule(mod)
         with tvm_target(self.spec):
             return dlight.ApplyDefaultSchedule(dlight.cpu.Reduction())(mod)
