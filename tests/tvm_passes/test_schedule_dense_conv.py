@@ -11,6 +11,7 @@ from tvm.script import ir as I
 from tvm.script import relax as R
 
 from dense_helpers import assert_close, conv_reference, has_parallel_loop, legalized, one_op, prim_funcs, run
+from devices.targets import tvm_target
 from tvm_passes.legalize_dense_conv import LegalizeDenseConv
 from tvm_passes.schedule_dense_conv import ScheduleDenseConv
 
@@ -38,12 +39,18 @@ def _scheduled(mod, threads):
     return after
 
 
-def _conv_gradient(x_shape, w_shape, stride, padding):
-    """``main_adjoint(x, w, g)`` of ``sum(conv2d(x, w) * g)``: Relax's Gradient emits grad-input and grad-weight."""
+def _conv_module(x_shape, w_shape, stride, padding):
+    """``forward(x, w) = conv2d(x, w)`` and ``main_adjoint(x, w, g)``, the gradient of ``sum(conv2d(x, w) * g)``
+    by Relax's Gradient: the forward, grad-input and grad-weight convs of a training step, in one module."""
     bb = relax.BlockBuilder()
     out_size = [(x_shape[d] + 2 * padding - w_shape[d]) // stride + 1 for d in (2, 3)]
     x, w = relax.Var("x", R.Tensor(x_shape, "float32")), relax.Var("w", R.Tensor(w_shape, "float32"))
     g = relax.Var("g", R.Tensor((x_shape[0], w_shape[0], *out_size), "float32"))
+    with bb.function("forward", [x, w]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.nn.conv2d(x, w, strides=stride, padding=padding))
+        bb.emit_func_output(y)
+    x, w = relax.Var("x", R.Tensor(x_shape, "float32")), relax.Var("w", R.Tensor(w_shape, "float32"))
     with bb.function("main", [x, w, g]):
         with bb.dataflow():
             y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=padding))
@@ -59,25 +66,21 @@ def _arrays(x_shape, w_shape, stride, padding, seed=0):
     return x, w, rng.standard_normal(y_shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_forward_equals_pytorch(case):
-    x_shape, w_shape, stride, padding = CASES[case]
-    x, w, _ = _arrays(*CASES[case])
-    mod = one_op([("x", x_shape), ("w", w_shape)], lambda a, b: relax.op.nn.conv2d(a, b, strides=stride, padding=padding))
-    assert_close(run(_scheduled(mod, threads=1), [x, w]), conv_reference("forward", x, w, None, stride, padding))
-
-
 @pytest.mark.parametrize(
     "case, threads",
     [(case, 1) for case in CASES] + [("shortcut", 64), ("3x3-s2-odd", 64), ("stem", 64)],
 )
-def test_grad_input_and_grad_weight_equal_pytorch(case, threads):
+def test_forward_grad_input_and_grad_weight_equal_pytorch(case, threads):
     """threads=1: each image pads its own copy; threads=64: the small-batch branch (padding pass first)."""
     x_shape, w_shape, stride, padding = CASES[case]
     x, w, g = _arrays(*CASES[case])
-    _, (dx, dw) = run(_scheduled(_conv_gradient(x_shape, w_shape, stride, padding), threads), [x, w, g], "main_adjoint")
-    assert_close(dx, conv_reference("grad_input", x, w, g, stride, padding))
-    assert_close(dw, conv_reference("grad_weight", x, w, g, stride, padding))
+    vm = relax.VirtualMachine(tvm.compile(_scheduled(_conv_module(x_shape, w_shape, stride, padding), threads),
+                                          tvm_target("x86")), tvm.cpu())
+    y = vm["forward"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy()
+    _, (dx, dw) = vm["main_adjoint"](*(tvm.runtime.tensor(a) for a in (x, w, g)))
+    assert_close(y, conv_reference("forward", x, w, None, stride, padding))
+    assert_close(dx.numpy(), conv_reference("grad_input", x, w, g, stride, padding))
+    assert_close(dw.numpy(), conv_reference("grad_weight", x, w, g, stride, padding))
 
 
 class _Block(torch.nn.Module):
