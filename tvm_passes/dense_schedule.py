@@ -258,9 +258,18 @@ def mark_scheduled(func: tirx.PrimFunc) -> tirx.PrimFunc:
 def schedule_unscheduled(mod: tvm.IRModule, schedule: Callable[[tirx.PrimFunc], tirx.PrimFunc | None]) -> tvm.IRModule:
     """``mod`` with each PrimFunc not :func:`is_scheduled` replaced by ``schedule(func)``.
 
-    ``schedule`` returns None for a function it does not take; a function on which a schedule
-    primitive fails (``tvm.s_tir.ScheduleError``, or a ``ValueError`` from a failed check inside
-    one) is left unchanged too.
+    Parameters
+    ----------
+    mod : tvm.IRModule
+    schedule : callable
+        Takes a legalized (possibly fused) PrimFunc and returns it scheduled and marked
+        (:func:`mark_scheduled`), or None for a function it does not take. A function on which one
+        of its schedule primitives fails (``tvm.s_tir.ScheduleError``, a ``RuntimeError``, or a
+        ``ValueError`` from a failed check inside one) is left unchanged too.
+
+    Returns
+    -------
+    tvm.IRModule
     """
     out = mod.clone()
     for gvar, func in mod.functions_items():

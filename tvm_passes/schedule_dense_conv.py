@@ -191,25 +191,9 @@ def _schedule_grad_weight(func: FuncBlocks, conv, tile: RegisterTile, threads: i
 def schedule_conv(func: tirx.PrimFunc, tile: RegisterTile, threads: int | None = None) -> tirx.PrimFunc | None:
     """The scheduled ``func``, or None when it is not a conv this schedule takes.
 
-    Parameters
-    ----------
-    func : tvm.tirx.PrimFunc
-        A legalized (and possibly fused) PrimFunc.
-    tile : RegisterTile
-        The target's accumulator budget.
-    threads : int, optional
-        Threads the parallel loops are split for (default :func:`schedules.threads.num_threads`).
-
-    Returns
-    -------
-    tvm.tirx.PrimFunc or None
-        Marked scheduled (:func:`~tvm_passes.dense_schedule.mark_scheduled`).
-
-    Raises
-    ------
-    RuntimeError or ValueError
-        When a schedule primitive refuses the function (``tvm.s_tir.ScheduleError``, or a failed
-        check inside one).
+    ``tile`` is the target's accumulator budget, ``threads`` the threads the parallel loops are split
+    for (default :func:`schedules.threads.num_threads`); the contract is that of the ``schedule`` of
+    :func:`~tvm_passes.dense_schedule.schedule_unscheduled`.
     """
     threads = threads or num_threads()
     sch = s_tir.Schedule(func)

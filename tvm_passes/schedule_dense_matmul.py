@@ -44,22 +44,8 @@ PARALLEL_MIN_MACS = 1 << 20
 def schedule_matmul(func: tirx.PrimFunc, tile: RegisterTile) -> tirx.PrimFunc | None:
     """The scheduled ``func``, or None when it is not a 2-D matmul this schedule takes.
 
-    Parameters
-    ----------
-    func : tvm.tirx.PrimFunc
-        A legalized (and possibly fused) PrimFunc.
-    tile : RegisterTile
-        The target's accumulator budget.
-
-    Returns
-    -------
-    tvm.tirx.PrimFunc or None
-        Marked scheduled (:func:`~tvm_passes.dense_schedule.mark_scheduled`).
-
-    Raises
-    ------
-    RuntimeError or ValueError
-        When a schedule primitive refuses the function.
+    ``tile`` is the target's register budget; the contract is that of the ``schedule`` of
+    :func:`~tvm_passes.dense_schedule.schedule_unscheduled`.
     """
     sch = s_tir.Schedule(func)
     blocks = FuncBlocks(sch)
