@@ -13,8 +13,8 @@ training step's dense part is then::
 What it does: :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv` (the convs, three
 directions), :class:`~tvm_passes.schedule_dense_matmul.ScheduleDenseMatmul` (the classifier's
 matmuls), :class:`~tvm_passes.schedule_global_pool.ScheduleGlobalPool` (the global average pool),
-then dlight's CPU ``Reduction`` rule for the reductions that are left (BN statistics, the loss)
-under the target.
+then dlight's CPU rules (``GEMV``, ``Reduction``) for what is left (BN statistics, the loss) under
+the target.
 
 What it refuses: each pass its own (scheduled functions, shapes it does not take); it never
 reschedules a function.
@@ -54,4 +54,4 @@ class ScheduleDenseOps:
                          ScheduleGlobalPool(self.spec)):
             mod = schedule(mod)
         with tvm_target(self.spec):
-            return dlight.ApplyDefaultSchedule(dlight.cpu.Reduction())(mod)
+            return dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())(mod)
