@@ -16,9 +16,8 @@ import sys
 import numpy as np
 
 from benchmarks.harness import (
-    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, density, exit_code,
-    host_target, list_of, machine_facts, machine_line, markdown_table, names_of, report, run_command, run_rounds,
-    write_report,
+    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, database_directory, density,
+    host_target, list_of, markdown_table, names_of, run_benchmark, run_command,
 )
 
 #: The densities tried per scheme by default (pattern keeps at most 4 of 9 weights of a kernel).
@@ -81,6 +80,17 @@ def crossovers(results: list[VariantResult]) -> dict[str, dict]:
     return out
 
 
+def summarise(results: list[VariantResult]) -> tuple[dict, str]:
+    """The report's crossover figures (JSON) and the printed table."""
+    found = crossovers(results)
+    rows = [[scheme, entry["dense"] or "failed", *(f"{d}: {ms}" for d, ms in entry["sparse"].items()), f"{entry['crossover']:g}"]
+            for scheme, entry in found.items()]
+    width = max((len(r) for r in rows), default=3)
+    rows = [r[:-1] + [""] * (width - len(r)) + r[-1:] for r in rows]
+    header = ["scheme", "dense ms", *["sparse ms by density"] * (width - 3), "sparse wins up to"]
+    return {"crossover": found}, markdown_table(header, rows)
+
+
 def build_parser() -> CommandParser:
     """The command's arguments."""
     parser = CommandParser(prog="python -m benchmarks.crossover", description=__doc__.split("\n\n")[0])
@@ -91,7 +101,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--densities", type=list_of(density), default=None,
                         help="comma-separated densities for every scheme (default: each scheme's grid)")
     parser.add_argument("--target", default="x86", help="target compiled for; the convs run here, so this machine's")
-    parser.add_argument("--tune-db", default=None, help="tuning database directory (default: the user's cache one)")
+    parser.add_argument("--tune-db", type=database_directory, default=None, help="tuning database directory (default: the user's cache one)")
     add_protocol_arguments(parser, out="runs/benchmarks/crossover.json")
     return parser
 
@@ -110,22 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit code."""
     args = build_parser().parse_args(argv)
     params = {"layer": args.layer, "batch": args.batch, "target": host_target(args.target), "tune_db": args.tune_db}
-    variants = build_variants(args.schemes, args.densities, params)
-    machine = machine_facts()
     channels_in, channels_out, size = args.layer
-    print(f"conv {channels_in}->{channels_out} at {size}x{size}, batch {args.batch}; {len(variants)} variants x "
-          f"{args.rounds} rounds, each a process of its own", flush=True)
-    results = run_rounds(variants, args.rounds, args.warmup, args.steps)
-    found = crossovers(results)
-    payload = report("benchmarks.crossover", args, machine, results, crossover=found)
-    print("\n" + machine_line(payload["machine"]) + "\n")
-    rows = [[scheme, entry["dense"] or "failed", *(f"{d}: {ms}" for d, ms in entry["sparse"].items()), f"{entry['crossover']:g}"]
-            for scheme, entry in found.items()]
-    width = max((len(r) for r in rows), default=3)
-    rows = [r[:-1] + [""] * (width - len(r)) + r[-1:] for r in rows]
-    print(markdown_table(["scheme", "dense ms", *["sparse ms by density"] * (width - 3), "sparse wins up to"], rows) + "\n")
-    write_report(args.out, payload)
-    return exit_code(results)
+    headline = f"conv {channels_in}->{channels_out} at {size}x{size}, batch {args.batch}"
+    return run_benchmark("benchmarks.crossover", args, build_variants(args.schemes, args.densities, params), headline,
+                         summarise)
 
 
 if __name__ == "__main__":

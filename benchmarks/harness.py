@@ -282,16 +282,15 @@ def run_rounds(variants: Sequence[Variant], rounds: int, warmup: int, steps: int
             if result.error is not None:
                 continue
             load = list(os.getloadavg())
-            report = {**run_worker(result.variant, warmup, steps, environment), "load_before": load}
-            where = f"round {round_index + 1}/{rounds} {result.variant.name}"
-            if "error" in report:
-                result.error, result.user_error = report["error"], bool(report.get("user_error"))
-                result.processes.append(report)
+            process = {**run_worker(result.variant, warmup, steps, environment), "load_before": load}
+            result.processes.append(process)
+            if "error" in process:
+                result.error, result.user_error = process["error"], bool(process.get("user_error"))
                 print(f"error: variant {result.variant.name} failed: {result.error}", file=sys.stderr, flush=True)
                 continue
-            result.processes.append(report)
-            medians = ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in report["median_s"].items())
-            log(f"{where}: {medians or 'no steps'}; peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB (pid {report['pid']})")
+            medians = ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in process["median_s"].items())
+            log(f"round {round_index + 1}/{rounds} {result.variant.name}: {medians or 'no steps'}; "
+                f"peak RSS {process['peak_rss_bytes'] / 2**20:.0f} MiB (pid {process['pid']})")
     return results
 
 
@@ -427,6 +426,37 @@ def report(command: str, args: argparse.Namespace, machine: dict, results: Seque
     }
 
 
+def run_benchmark(command: str, args: argparse.Namespace, variants: Sequence[Variant], headline: str,
+                  summarise: Callable[[list[VariantResult]], tuple[dict, str]]) -> int:
+    """What every command does once its arguments are checked: run the rounds, print, write the report.
+
+    Parameters
+    ----------
+    command : str
+        ``benchmarks.<name>``, for the report.
+    args : argparse.Namespace
+        The parsed arguments (with ``rounds``, ``warmup``, ``steps`` and ``out``).
+    variants : sequence of Variant
+    headline : str
+        The first line printed (what is measured).
+    summarise : callable
+        ``summarise(results) -> (fields added to the report, markdown table)``.
+
+    Returns
+    -------
+    int
+        The exit code (:func:`exit_code`).
+    """
+    machine = machine_facts()
+    print(f"{headline}; {len(variants)} variants x {args.rounds} rounds, each a process of its own", flush=True)
+    results = run_rounds(variants, args.rounds, args.warmup, args.steps)
+    fields, table = summarise(results)
+    payload = report(command, args, machine, results, **fields)
+    print("\n" + machine_line(payload["machine"]) + "\n\n" + table + "\n")
+    write_report(args.out, payload)
+    return exit_code(results)
+
+
 def write_report(path: Path, payload: dict) -> None:
     """Write the JSON report atomically and say where."""
     from mest.io import atomic_write_text  # noqa: PLC0415 - the parent imports ours after parsing
@@ -533,6 +563,13 @@ def list_of(parse: Callable[[str], object]) -> Callable[[str], list]:
 
     values.__name__ = f"{parse.__name__} list"
     return values
+
+
+def database_directory(text: str) -> str:
+    """An argparse type: a tuning database directory (existing, or to be created; not a file)."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; a tuning database here is a directory")
+    return text
 
 
 def output_file(text: str) -> Path:

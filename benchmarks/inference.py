@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from benchmarks.harness import (
-    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, exit_code, format_ratio,
-    host_target, machine_facts, machine_line, markdown_table, mebibytes, names_of, ratio, report, run_command,
-    run_rounds, sparsity, write_report,
+    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, database_directory,
+    format_ratio, host_target, markdown_table, mebibytes, names_of, ratio, run_benchmark, run_command, sparsity,
 )
 from mest.models import MODEL_NAMES, build_model
 from mest.schemes import SCHEMES
@@ -188,6 +187,12 @@ def _cells(row: dict) -> list[str]:
     ]
 
 
+def summarise(results: list[VariantResult]) -> tuple[dict, str]:
+    """The report's table (JSON) and the printed one."""
+    rows = table_rows(results)
+    return {"table": rows}, markdown_table(HEADER, [_cells(row) for row in rows])
+
+
 HEADER = ["variant", "forward ms, median (min-max)", "vs TVM dense", "vs PyTorch", "peak RSS MiB", "compile s",
           "sparse layers KiB stored / dense", "max logit error"]
 
@@ -206,7 +211,7 @@ def build_parser() -> CommandParser:
                         help="knob-search trials per sparse kernel the tuning database lacks (0: default knobs)")
     parser.add_argument("--dense-trials", type=at_least(0), default=0,
                         help="MetaSchedule trials for dense operators the tuning database lacks")
-    parser.add_argument("--tune-db", default=None, help="tuning database directory (default: the user's cache one)")
+    parser.add_argument("--tune-db", type=database_directory, default=None, help="tuning database directory (default: the user's cache one)")
     add_protocol_arguments(parser, out="runs/benchmarks/inference.json")
     return parser
 
@@ -217,17 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     params = {"model": args.model, "sparsity": args.sparsity, "batch": args.batch, "image_size": args.image_size,
               "target": host_target(args.target), "sparse_trials": args.sparse_trials,
               "dense_trials": args.dense_trials, "tune_db": args.tune_db}
-    variants = build_variants(args.schemes, params)
-    machine = machine_facts()
-    print(f"{args.model} forward, batch {args.batch}, {args.image_size}x{args.image_size}, sparsity {args.sparsity:g}; "
-          f"{len(variants)} variants x {args.rounds} rounds, each a process of its own", flush=True)
-    results = run_rounds(variants, args.rounds, args.warmup, args.steps)
-    rows = table_rows(results)
-    payload = report("benchmarks.inference", args, machine, results, table=rows)
-    print("\n" + machine_line(payload["machine"]) + "\n")
-    print(markdown_table(HEADER, [_cells(row) for row in rows]) + "\n")
-    write_report(args.out, payload)
-    return exit_code(results)
+    headline = f"{args.model} forward, batch {args.batch}, {args.image_size}x{args.image_size}, sparsity {args.sparsity:g}"
+    return run_benchmark("benchmarks.inference", args, build_variants(args.schemes, params), headline, summarise)
 
 
 if __name__ == "__main__":

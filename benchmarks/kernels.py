@@ -25,8 +25,7 @@ import torch
 
 from benchmarks.harness import (
     CommandParser, Summary, Variant, VariantResult, Workload, add_protocol_arguments, at_least, density,
-    exit_code, format_ratio, host_target, list_of, machine_facts, machine_line, markdown_table, names_of, ratio, report,
-    run_command, run_rounds, write_report,
+    format_ratio, host_target, list_of, markdown_table, names_of, ratio, run_benchmark, run_command,
 )
 from schedules.formats import SCHEMES
 from schedules.masks import random_mask
@@ -268,17 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(str(err)) from None
     target = host_target(args.target)
     variants = build_variants(layers, args.schemes, args.densities, args.batch, args.db, target)
-    machine = machine_facts()
-    print(f"{args.model}: {len(layers)} layer shapes at batch {args.batch}; {len(variants)} variants x "
-          f"{args.rounds} rounds, each a process of its own", flush=True)
-    results = run_rounds(variants, args.rounds, args.warmup, args.steps)
-    rows = records(results, layers, args.schemes, args.densities)
-    sums = totals(rows)
-    payload = report("benchmarks.kernels", args, machine, results, records=rows, totals=sums)
-    print("\n" + machine_line(payload["machine"]) + "\n")
-    print(_table(rows, sums) + "\n")
-    write_report(args.out, payload)
-    return exit_code(results)
+
+    def summarise(results: list[VariantResult]) -> tuple[dict, str]:
+        rows = records(results, layers, args.schemes, args.densities)
+        sums = totals(rows)
+        return {"records": rows, "totals": sums}, _table(rows, sums)
+
+    headline = f"{args.model}: {len(layers)} layer shapes at batch {args.batch}"
+    return run_benchmark("benchmarks.kernels", args, variants, headline, summarise)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks.harness import (
-    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, exit_code, import_only,
-    format_ratio, machine_facts, machine_line, markdown_table, mebibytes, names_of, ratio, report, run_command,
-    run_rounds, sparsity, write_report,
+    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, format_ratio, import_only,
+    markdown_table, mebibytes, names_of, ratio, run_benchmark, run_command, sparsity,
 )
 from mest.config import get_preset
 from mest.models import MODEL_NAMES, build_model
@@ -241,6 +240,13 @@ HEADER = ["variant", "step ms, median (min-max)", "vs dense", "vs torch-mask", "
           "sparse-layer state KiB (x dense)", "first step s", "mutation + rebuild, EM&S / EM (% of window)"]
 
 
+def summarise(results: list[VariantResult]) -> tuple[dict, str]:
+    """The report's table (JSON) and the printed one."""
+    rows = table_rows(results)
+    table = [{**row, "step": vars(row["step"]) if row["step"] else None} for row in rows]
+    return {"table": table}, markdown_table(HEADER, [_cells(row) for row in rows])
+
+
 def build_parser() -> CommandParser:
     """The command's arguments."""
     parser = CommandParser(prog="python -m benchmarks.train_step", description=__doc__.split("\n\n")[0])
@@ -264,18 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     names = args.variants + (["torch-compile"] if args.torch_compile and "torch-compile" not in args.variants else [])
     params = {"model": args.model, "sparsity": args.sparsity, "batch": args.batch, "image_size": args.image_size,
               "window_steps": args.window_steps}
-    variants = build_variants(names, args.schemes, params)
-    machine = machine_facts()
-    print(f"{args.model} training step, batch {args.batch}, {args.image_size}x{args.image_size}, sparsity "
-          f"{args.sparsity:g}; {len(variants)} variants x {args.rounds} rounds, each a process of its own", flush=True)
-    results = run_rounds(variants, args.rounds, args.warmup, args.steps)
-    rows = table_rows(results)
-    payload = report("benchmarks.train_step", args, machine, results,
-                     table=[{**row, "step": vars(row["step"]) if row["step"] else None} for row in rows])
-    print("\n" + machine_line(payload["machine"]) + "\n")
-    print(markdown_table(HEADER, [_cells(row) for row in rows]) + "\n")
-    write_report(args.out, payload)
-    return exit_code(results)
+    headline = (f"{args.model} training step, batch {args.batch}, {args.image_size}x{args.image_size}, "
+                f"sparsity {args.sparsity:g}")
+    return run_benchmark("benchmarks.train_step", args, build_variants(names, args.schemes, params), headline, summarise)
 
 
 if __name__ == "__main__":

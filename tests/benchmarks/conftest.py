@@ -14,17 +14,17 @@ import pytest
 
 @pytest.fixture
 def run_benchmark(tmp_path: Path) -> Callable[..., tuple[subprocess.CompletedProcess, dict | None]]:
-    """``run_benchmark("train_step", *args, environment=None)`` -> (completed process, JSON report or None).
+    """``run_benchmark("train_step", *args)`` -> (completed process, JSON report or None).
 
     The command runs as ``python -m benchmarks.<name> ... --out <tmp>/report.json`` with this
-    process's environment less the thread settings (as a user who set none), unless ``environment``
-    is given; its kernel cache and tuning databases are the test's own.
+    process's environment, as a user who chose ``OMP_WAIT_POLICY=PASSIVE`` and no ``TVM_NUM_THREADS``
+    (test machines are loaded, and OpenMP threads that spin there make a tiny PyTorch step take
+    seconds); its kernel cache and tuning databases are the test's own.
     """
 
-    def run(name: str, *args: str, environment: dict[str, str] | None = None):
-        if environment is None:
-            environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "TVM_NUM_THREADS")}
-        environment = {**environment, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    def run(name: str, *args: str):
+        environment = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+        environment = {**environment, "OMP_WAIT_POLICY": "PASSIVE", "XDG_CACHE_HOME": str(tmp_path / "cache"),
                        "MEST_TVM_TUNING_DB": str(tmp_path / "tuning.json")}
         out = tmp_path / "report.json"
         completed = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *args, "--out", str(out)],

@@ -8,6 +8,7 @@ import benchmarks.crossover as crossover
 import benchmarks.inference as inference
 import benchmarks.kernels as kernels
 import benchmarks.train_step as train_step
+import benchmarks.harness as harness
 from benchmarks.harness import run_command
 
 BAD = {
@@ -32,6 +33,7 @@ BAD = {
         (["--target", "sparc"], "unknown target 'sparc'"), (["--batch", "0"], "--batch: must be >= 1"),
         (["--sparsity", "2"], "a sparsity is in [0, 1)"), (["--schemes", "random"], "unknown scheme random"),
         (["--model", "vgg"], "invalid choice: 'vgg'"), (["--steps", "0"], "--steps: must be >= 1"),
+        (["--tune-db", __file__], "is a file; a tuning database here is a directory"),
     ],
     crossover: [
         (["--layer", "8,8"], "invalid layer"), (["--layer", "0,8,8"], "must be >= 1, got 0"),
@@ -48,7 +50,7 @@ def test_bad_argument_is_one_line_and_exit_2(module, argv, message, monkeypatch,
     def no_work(*args, **kwargs):
         raise AssertionError("a benchmark started before its arguments were checked")
 
-    monkeypatch.setattr(module, "run_rounds", no_work)
+    monkeypatch.setattr(harness, "run_rounds", no_work)
     try:
         code = run_command(module.main, [*argv, "--out", str(tmp_path / "report.json")])
     except SystemExit as exit_:
