@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from benchmarks.harness import (
-    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, exit_code, format_ratio,
-    host_target, machine_facts, machine_line, markdown_table, ratio, report, run_command, run_rounds, write_report,
+    CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, format_ratio, host_target,
+    markdown_table, ratio, run_benchmark, run_command,
 )
 from mest.models import MODEL_NAMES, build_model
 from mest.sparsity import default_profile
@@ -258,16 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     ops = dense_ops(args.model, args.batch, args.image_size)
     variants = build_variants(ops, host_target(args.target))
-    machine = machine_facts()
-    print(f"{args.model}: {len(ops)} dense ops at batch {args.batch}, {args.image_size}x{args.image_size}; "
-          f"{len(variants)} variants x {args.rounds} rounds, each a process of its own", flush=True)
-    results = run_rounds(variants, args.rounds, args.warmup, args.steps)
-    rows = records(results, ops)
-    payload = report("benchmarks.dense_ops", args, machine, results, records=rows)
-    print("\n" + machine_line(payload["machine"]) + "\n")
-    print(_table(rows) + "\n")
-    write_report(args.out, payload)
-    return exit_code(results)
+
+    def summarise(results: list[VariantResult]) -> tuple[dict, str]:
+        rows = records(results, ops)
+        return {"records": rows}, _table(rows)
+
+    headline = f"{args.model}: {len(ops)} dense ops at batch {args.batch}, {args.image_size}x{args.image_size}"
+    return run_benchmark("benchmarks.dense_ops", args, variants, headline, summarise)
 
 
 if __name__ == "__main__":
