@@ -18,7 +18,8 @@ with ``groups == 1``:
   stride as its dilation): a reduction over batch and output pixels. When the conv's spatial size
   exceeds the kernel (a stride-2 forward on an even input: a 1x1 kernel gets a 2x2 gradient conv)
   ``Gradient`` slices its leading ``kernel`` taps off; such a ``strided_slice`` becomes the compute of
-  those taps alone, and the larger conv, now unused, is removed.
+  those taps alone; the larger conv's binding and PrimFunc, now unused, are removed (with any other
+  unused dataflow binding; no other function).
 
 What it refuses (leaves the call to ``LegalizeOps``): other layouts, grouped or dilated convs (a
 dilated forward conv, or a strided grad-weight conv, i.e. of a dilated forward), other dtypes,
@@ -147,8 +148,12 @@ class LegalizeDenseConv:
         functions = {}
         for gvar, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                functions[gvar] = legalizer.visit_expr(func)
+                functions[gvar] = relax.analysis.remove_all_unused(legalizer.visit_expr(func))
         out = legalizer.builder_.get()
         for gvar, func in functions.items():
             out[gvar] = func
-        return relax.transform.DeadCodeElimination()(out)
+        used = {gv.name_hint for func in functions.values() for gv in relax.analysis.all_global_vars(func)}
+        for gvar in legalizer.grad_weights:
+            if gvar.name_hint not in used:  # a grad-weight conv whose slice became the compute of its taps
+                del out[gvar]
+        return out
