@@ -185,3 +185,14 @@ def test_function_with_a_second_reduction_is_left_alone():
     total = te.compute((2, 4, 4), lambda n, f, y: te.sum(conv[n, f, y, k], axis=k), name="row_sum")
     before = tvm.IRModule({"main": te.create_prim_func([x, w, total])})
     tvm.ir.assert_structural_equal(ScheduleDenseConv()(before), before)
+
+
+@pytest.mark.parametrize("target", ["arm64", "armv7"])
+def test_the_schedules_build_for_the_arm_targets(target):
+    """Compiled only (no device here): NEON's 4-lane tiles, every conv scheduled."""
+    mod = legalized(_conv_module((4, 6, 8, 8), (10, 6, 1, 1), 2, 0), LegalizeDenseConv())
+    after = ScheduleDenseConv(target, threads=1)(mod)
+    convs = [f for name, f in prim_funcs(after).items() if "conv" in name]
+    assert convs and all("tirx.is_scheduled" in f.attrs for f in convs)
+    assert "T.vectorized(T.int64(4))" in "".join(f.script() for f in convs)
+    tvm.compile(after, tvm_target(target))
