@@ -1,9 +1,16 @@
-"""The result of timing a kernel: median and spread of N runs, marked when emulated."""
+"""Timing: median and spread of N runs (marked when emulated), and :func:`time_calls`, which times a
+callable in this process.
+
+:func:`time_calls` is the one "warm up, then time N runs" of the project: the benchmark workers
+(``benchmarks.harness``) and the tuner's PyTorch baseline (``schedules.tune``) use it. Sessions time a
+built TVM function with TVM's ``time_evaluator`` on the device instead, and summarise it here too.
+"""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -53,6 +60,36 @@ class Timing:
         text = (f"median {_format_seconds(self.median_s)}, spread "
                 f"{_format_seconds(self.spread_s)} over {len(self.runs)} runs")
         return f"correctness run under emulation ({text}; not a speed)" if self.emulated else text
+
+
+def time_calls(function: Callable[[], object], runs: int, number: int = 1, warmup: int = 1) -> Timing:
+    """Time ``function`` in this process by the wall clock: ``warmup`` untimed calls, then ``runs`` runs.
+
+    Parameters
+    ----------
+    function : callable
+        Called without arguments.
+    runs : int
+        Timed runs (at least one); each is ``number`` calls, and gives their mean.
+    number : int
+        Calls per run.
+    warmup : int
+        Untimed calls first (builds, caches, allocator warm-up).
+
+    Returns
+    -------
+    Timing
+        Per-call seconds of each run; never emulated.
+    """
+    for _ in range(warmup):
+        function()
+    values = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(number):
+            function()
+        values.append((time.perf_counter() - start) / number)
+    return Timing.from_runs(values, emulated=False)
 
 
 def _format_seconds(seconds: float) -> str:

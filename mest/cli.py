@@ -11,7 +11,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from mest.errors import MestError
 
     errors: list[type[BaseException]] = [MestError]
-    for module, names in (("schedules.errors", ("SparseFormatError", "TuningDatabaseError")),
+    for module, names in (("schedules.errors", ("SparseFormatError", "TuningDatabaseError", "UnsupportedKernelError")),
+                          ("tvm_passes.errors", ("CompileError",)),
                           ("devices.errors", ("DeviceError",))):
         try:
             imported = __import__(module, fromlist=list(names))
@@ -21,13 +22,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run ``main``; a user error prints ``error: <message>`` on one line and returns 2."""
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
+             interrupted: str = "interrupted; the last checkpoint is intact") -> int:
+    """Run ``main``; a user error prints ``error: <message>`` on one line and returns 2.
+
+    ``interrupted`` is what Ctrl-C prints (exit code 130).
+    """
     try:
         return main(argv)
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is intact", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130

@@ -41,6 +41,29 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"data:{seed}:{epoch}".encode()))
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, sparse: SparseState | None,
+               images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step: forward, cross-entropy, backward, ``grad *= mask``, SGD step, ``weight *= mask``.
+
+    The trainer's step, and the one ``benchmarks.train_step`` times. ``sparse`` None is dense training.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The logits and the (mean) loss of the batch.
+    """
+    logits = model(images)
+    loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if sparse is not None:
+        sparse.apply_to_grads()
+    optimizer.step()
+    if sparse is not None:
+        sparse.apply_to_weights()
+    return logits, loss
+
+
 class Trainer:
     """One MEST run in ``out_dir``: fresh from a config, or resumed from a checkpoint.
 
@@ -197,7 +220,8 @@ class Trainer:
             if self.compiled is not None:
                 loss, correct = self.compiled.step(images, labels, self.optimizer.param_groups[0]["lr"])
             else:
-                loss, correct = self.eager_step(images, labels)
+                logits, loss_tensor = train_step(self.model, self.optimizer, self.sparse, images, labels)
+                loss, correct = loss_tensor.item(), logits.detach().argmax(dim=1) == labels
             self.forgetting.update(indices, correct)
             loss_sum += loss * len(labels)
             correct_sum += int(correct.sum())
@@ -205,17 +229,6 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}",
                             density=f"{self.sparse.overall_density():.3f}")
         return loss_sum / seen, correct_sum / seen
-
-    def eager_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """Forward, loss, backward, ``grad *= mask``, SGD, ``weight *= mask``; mean loss and correctness."""
-        logits = self.model(images)
-        loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.sparse.apply_to_grads()
-        self.optimizer.step()
-        self.sparse.apply_to_weights()
-        return loss.item(), logits.detach().argmax(dim=1) == labels
 
     def remove_unforgettable(self) -> None:
         """Drop the ``remove_count`` least-forgotten examples (from the loaded ranking if given)."""

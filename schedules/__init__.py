@@ -19,8 +19,8 @@ Public API (other rooms use these names):
   cache=None)``: parameter ``values``; ``repack(weight, mask, capacity=None)`` at a mutation.
 - :class:`schedules.database.TuningDatabase` ``(path=None)`` (JSON file), ``Workload``, ``Record``.
 - :func:`schedules.tune.tune_kernel` and ``python -m schedules.tune --model resnet32 --scheme S
-  --density D --target x86 --trials N --db PATH [--session local|rpc|tracker:H:P:K] [--retune]``;
-  ``python -m schedules.bench [--model] [--schemes] [--densities] [--db] [--out]``.
+  --density D --target x86 --trials N --db PATH [--session local|rpc|tracker:H:P:K] [--retune]``
+  (``python -m benchmarks.kernels`` times the kernels against PyTorch).
 - :func:`schedules.masks.random_mask` (scheme-valid random masks), :mod:`schedules.workloads`
   (the ResNet layer shapes).
 - Errors: :class:`schedules.errors.SparseFormatError` (a ``ValueError``),

@@ -16,7 +16,14 @@ def num_threads() -> int:
     return int(os.environ.get("TVM_NUM_THREADS", "0")) or os.cpu_count() or 1
 
 
+#: The variables :func:`configure_threads` set in this process, with the values it gave them (the
+#: user had not set them): ``benchmarks`` removes them again to start a process as its user would.
+SET_HERE: dict[str, str] = {}
+
+
 def configure_threads() -> None:
     """Set ``OMP_WAIT_POLICY=PASSIVE`` and ``TVM_NUM_THREADS`` unless the user already chose them."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("TVM_NUM_THREADS", str(num_threads()))
+    for name, value in (("OMP_WAIT_POLICY", "PASSIVE"), ("TVM_NUM_THREADS", str(num_threads()))):
+        if name not in os.environ:
+            os.environ[name] = value
+            SET_HERE[name] = value

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from devices.timing import time_calls
 from schedules.cache import compile_kernel, workload
 from schedules.database import Record, TuningDatabase, Workload
 from schedules.formats import DIRECTIONS, SCHEMES, SparseFormat, pack
@@ -38,8 +39,8 @@ from schedules.kernels.entries import entries
 from schedules.kernels.gather_conv import gather_extent
 from schedules.kernels.knobs import Knobs, gather_space, grad_weight_space
 from schedules.masks import random_mask
-from schedules.measure import interleaved, torch_conv_backward
 from schedules.threads import num_threads
+from schedules.torch_reference import torch_conv_backward
 from schedules.workloads import ConvLayer, select_layers
 
 
@@ -182,7 +183,7 @@ def torch_dense_seconds(fmt: SparseFormat, direction: str, x_shape: tuple[int, .
         "grad_input": lambda: torch_conv_backward(dy, x, weight, stride, (True, False, False))[0],
         "grad_weight": lambda: torch_conv_backward(dy, x, weight, stride, (False, True, False))[1],
     }[direction]
-    return interleaved({"torch": call}, rounds=rounds, number=2)["torch"].median_s
+    return time_calls(call, runs=rounds, number=2).median_s
 
 
 def tune_kernel(

@@ -199,7 +199,7 @@ def compile_model(
         if database is not None:
             trials = config.tune_trials if tuning_runner is not None else 0
             applied = database.tune_and_apply(mod, target, config.target, trials, progress, tuning_runner or "local")
-        return ScheduleDenseConv()(applied)
+        return ScheduleDenseConv(spec)(applied)
 
     mod = phases.run("tuning database", tuned)
 

@@ -20,10 +20,11 @@ Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
 5. **differentiate**: Relax ``Gradient`` w.r.t. every ``param:`` input (the adjoint becomes ``train_step``);
 6. **lower**: the sparse layers' forward, grad-input and grad-weight convs become the ``schedules``
    kernels, their parameter the compact values (:class:`~tvm_passes.lower_sparse_training.LowerSparseTraining`);
-   the dense convs' weight gradients accumulate in float64 (:class:`~tvm_passes.wide_weight_gradients.WideWeightGradients`);
 7. **optimizer**: :class:`~tvm_passes.append_sgd.AppendSGD`;
-8. **legalize + fuse** the dense glue (``LegalizeOps``, ``FuseOps``, ``FuseTIR``), the dense convs get
-   :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`, the rest dlight's default CPU rules;
+8. **legalize + fuse** the dense glue (:class:`~tvm_passes.legalize_dense_conv.LegalizeDenseConv` for
+   the dense convs of the three directions, ``LegalizeOps``, ``FuseOps``, ``FuseTIR``), then
+   :class:`~tvm_passes.schedule_dense_ops.ScheduleDenseOps` (dense convs, classifier, pool, dlight's
+   CPU reductions);
 9. **build** for the target of the ``devices`` table.
 """
 
@@ -37,7 +38,6 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.s_tir import dlight
 
 from devices.targets import get_target, tvm_target
 from schedules.formats import SparseFormat
@@ -51,10 +51,10 @@ from .lower_sparse_training import LowerSparseTraining, TrainingKernelSource
 from .lower_sparse_training import index_values as kernel_index_values
 from .phases import Phases
 from .relu_subgradient import ReluSubgradient
-from .schedule_dense_conv import ScheduleDenseConv
+from .legalize_dense_conv import LegalizeDenseConv
+from .schedule_dense_ops import ScheduleDenseOps
 from .step_signature import Slot, input_name, signature, split_name
 from .train_batch_norm import TrainBatchNorm
-from .wide_weight_gradients import WideWeightGradients
 
 #: Names of the two functions of a built training module.
 TRAIN_STEP = "train_step"
@@ -141,18 +141,18 @@ def _differentiate(mod: tvm.IRModule) -> tvm.IRModule:
     return out
 
 
-def legalize_and_fuse() -> tvm.transform.Pass:
-    """Phase 8's passes: legalize and fuse the dense glue, then schedule what is left unscheduled."""
+def legalize_and_fuse(spec) -> tvm.transform.Pass:
+    """Phase 8's passes: legalize and fuse the dense glue, then schedule the dense operators."""
     return tvm.transform.Sequential(
         [
+            LegalizeDenseConv(),
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(),
-            ScheduleDenseConv(),
-            dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction()),
+            ScheduleDenseOps(spec),
         ]
     )
 
@@ -224,9 +224,8 @@ def build_training_step(
     mod = phases.run("differentiate", lambda: _differentiate(mod))
 
     # Phase 6: the sparse layers' three convs become kernels of schedules, their weight compact values.
-    # The dense convs' weight gradients accumulate in float64.
     lower = LowerSparseTraining(kernel_layers, kernels, (TRAIN_STEP, EVALUATE))
-    mod = phases.run("lower", lambda: WideWeightGradients(TRAIN_STEP)(lower(mod)))
+    mod = phases.run("lower", lambda: lower(mod))
 
     # Phase 7: torch.optim.SGD's update of every parameter; the learning rate is an input.
     sgd = AppendSGD(config.momentum, config.weight_decay, keep_grads=tuple(layers), func_name=TRAIN_STEP)
@@ -237,7 +236,7 @@ def build_training_step(
     # Phase 8: legalize and fuse the dense glue; schedule the dense convs and the reductions.
     target = tvm_target(spec)
     with target:
-        mod = phases.run("legalize and fuse", lambda: legalize_and_fuse()(mod))
+        mod = phases.run("legalize and fuse", lambda: legalize_and_fuse(spec)(mod))
 
     # Phase 9: build.
     executable = phases.run("build", lambda: tvm.compile(mod, target))

@@ -16,8 +16,9 @@ A corrupt database, or one from another TVM version, is not used: a warning is g
 and ``dense-*`` directories are renamed aside (``<name>.set-aside-<time>``, contents untouched) and a
 fresh database starts.
 A record always wins over :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`'s default
-schedule, so tune with enough trials: measured on ResNet-32 (batch 4, x86), 64 MetaSchedule trials
-over ~20 dense tasks gave schedules 5x slower than the default conv schedule.
+schedule, so tune with enough trials (a few dozen MetaSchedule trials over the ~20 dense tasks of
+ResNet-32 gave slower schedules than the default one): before keeping the records, compare
+``python -m benchmarks.inference`` on the tuned database with a run on an empty one (``--tune-db``).
 Tuning measures on this machine (MetaSchedule's local builder and runner) or, for another target, on a
 device of a tracker (``RPCRunner``); timing an emulated target would tune for qemu, so it is refused.
 """
