@@ -22,9 +22,10 @@ Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
    kernels, their parameter the compact values (:class:`~tvm_passes.lower_sparse_training.LowerSparseTraining`);
 7. **optimizer**: :class:`~tvm_passes.append_sgd.AppendSGD`;
 8. **legalize + fuse** the dense glue (:class:`~tvm_passes.legalize_dense_conv.LegalizeDenseConv` for
-   the dense convs of the three directions, ``LegalizeOps``, ``FuseOps``, ``FuseTIR``), then
+   the dense convs of the three directions, ``LegalizeOps``, ``FuseOps``, ``FuseTIR``), then the
+   batch-norm statistics (:class:`~tvm_passes.schedule_channel_reduction.ScheduleChannelReduction`),
    :class:`~tvm_passes.schedule_dense_ops.ScheduleDenseOps` (dense convs, classifier, pool, dlight's
-   CPU reductions);
+   CPU reductions) and the element-wise rest (:class:`~tvm_passes.schedule_elementwise.ScheduleElementwise`);
 9. **build** for the target of the ``devices`` table.
 """
 
@@ -52,7 +53,9 @@ from .lower_sparse_training import index_values as kernel_index_values
 from .phases import Phases
 from .relu_subgradient import ReluSubgradient
 from .legalize_dense_conv import LegalizeDenseConv
+from .schedule_channel_reduction import ScheduleChannelReduction
 from .schedule_dense_ops import ScheduleDenseOps
+from .schedule_elementwise import ScheduleElementwise
 from .step_signature import Slot, input_name, signature, split_name
 from .train_batch_norm import TrainBatchNorm
 
@@ -152,7 +155,9 @@ def legalize_and_fuse(spec) -> tvm.transform.Pass:
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(),
+            ScheduleChannelReduction(spec),
             ScheduleDenseOps(spec),
+            ScheduleElementwise(spec),
         ]
     )
 

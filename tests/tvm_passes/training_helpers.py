@@ -11,6 +11,7 @@ from tvm import relax
 
 from mest.models import build_model
 from mest.sparsity import SparseState, default_profile
+from mest.trainer import train_step
 from schedules.formats import SparseFormat, pack
 from tvm_passes.kernels import SchedulesKernels
 from tvm_passes.step_signature import call_by_name
@@ -107,13 +108,7 @@ class TorchMask:
     def run(self, x: torch.Tensor, labels: torch.Tensor, lr: float = LR) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = torch.nn.functional.cross_entropy(self.model(x), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.state.apply_to_grads()
-        self.optimizer.step()
-        self.state.apply_to_weights()
-        return loss.item()
+        return train_step(self.model, self.optimizer, self.state, x, labels)[1].item()
 
     def expected(self, name: str) -> np.ndarray:
         """The torch value of an output name (``param:``, ``momentum:``, ``stat:``)."""
