@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import tvm
 
 from devices.cache import atomic_write_bytes, cache_dir
+from devices.targets import export_library
 from schedules.formats import SparseFormat
 
 from .step_signature import Slot
@@ -142,10 +142,7 @@ def load_or_build(model, model_key: str, input_shape: tuple[int, ...], formats: 
     if progress:
         progress(f"building the training step ({len(formats)} sparse layers, batch {input_shape[0]})")
     step = build_training_step(model, input_shape, formats, config, kernels())
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        exported = Path(tmp) / "step.so"
-        step.executable.export_library(str(exported))
-        atomic_write_bytes(library, exported.read_bytes())
+    export_library(step.executable, library, config.target)  # atomic; cross-linked for ARM
     atomic_write_bytes(signature, _signature_json(step))
     module = tvm.runtime.load_module(str(library))
     return CachedStep(module, step.inputs, step.outputs, key, True, time.perf_counter() - start)

@@ -130,3 +130,40 @@ def test_evaluate_is_the_eval_mode_forward(builds):
     with torch.no_grad():
         expected = reference.model.eval()(x).numpy()
     np.testing.assert_allclose(logits.numpy(), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def _host_and_device_outputs(step, device_step, session, model, formats) -> tuple[dict, dict]:
+    compiled = CompiledState(step, model, formats)
+    x, labels = _batch(11)
+    host = compiled.run(x, labels)
+    vm = relax.VirtualMachine(session.load(device_step.executable, "train_step_tiny").module, session.device)
+    data = {"data:x": x.numpy(), "data:labels": labels.numpy(), "data:example_weights": np.ones(len(labels), np.float32),
+            "data:lr": np.array(0.1, np.float32)}
+    start = CompiledState(step, model, formats).values  # the inputs the host step started from
+    tensors = {name: session.array(np.array(value, copy=True, order="C")) for name, value in {**start, **data}.items()}
+    out = call_by_name(vm[TRAIN_STEP], device_step.inputs[TRAIN_STEP], device_step.outputs[TRAIN_STEP], tensors)
+    return host, {name: session.numpy(value) for name, value in out.items()}
+
+
+def test_the_step_built_for_arm64_runs_under_the_emulator_as_on_the_host(builds, request, require_target_tools):
+    require_target_tools("arm64")
+    session = request.getfixturevalue("arm64_emulator_session")
+    model, _, formats, step = builds["irregular"]
+    arm = build(model, formats, SHAPE, target="arm64")
+    assert [s.name for s in arm.inputs[TRAIN_STEP]] == [s.name for s in step.inputs[TRAIN_STEP]]
+    host, device = _host_and_device_outputs(step, arm, session, model, formats)
+    assert set(host) == set(device)
+    for name, expected in host.items():
+        scale = max(float(np.abs(expected).max()), 1e-4) if expected.dtype != np.bool_ else 1.0
+        np.testing.assert_allclose(device[name].astype(np.float64), expected.astype(np.float64), rtol=0,
+                                   atol=1e-5 * scale, err_msg=name)
+
+
+def test_the_step_compiles_and_links_for_armv7(builds, require_target_tools, tmp_path):
+    require_target_tools("armv7", need_qemu=False)
+    from devices.targets import export_library, get_target
+
+    model, _, formats, _ = builds["block"]
+    armv7 = build(model, formats, SHAPE, target="armv7")
+    library = export_library(armv7.executable, tmp_path / "train_step.so", get_target("armv7"))
+    assert library.read_bytes()[:4] == b"\x7fELF" and library.read_bytes()[18] == 40  # e_machine EM_ARM

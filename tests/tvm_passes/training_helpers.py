@@ -39,10 +39,10 @@ def formats_for(model: torch.nn.Module, state: SparseState, slack: float = 1.5) 
             for fqn, scheme in state.schemes.items()}
 
 
-def build(model, formats, shape, weight_decay: float = WEIGHT_DECAY) -> TrainingStep:
-    """The x86 training step of ``model`` for batches of ``shape``."""
-    return build_training_step(model, shape, formats, TrainingConfig("x86", MOMENTUM, weight_decay),
-                               SchedulesKernels("x86"))
+def build(model, formats, shape, weight_decay: float = WEIGHT_DECAY, target: str = "x86") -> TrainingStep:
+    """The training step of ``model`` for batches of ``shape``, built for ``target``."""
+    return build_training_step(model, shape, formats, TrainingConfig(target, MOMENTUM, weight_decay),
+                               SchedulesKernels(target))
 
 
 class CompiledState:
