@@ -133,16 +133,16 @@ def test_evaluate_is_the_eval_mode_forward(builds):
 
 
 def _host_and_device_outputs(step, device_step, session, model, formats) -> tuple[dict, dict]:
+    start = dict(CompiledState(step, model, formats).values)  # the inputs the host step starts from
     compiled = CompiledState(step, model, formats)
     x, labels = _batch(11)
     host = compiled.run(x, labels)
-    vm = relax.VirtualMachine(session.load(device_step.executable, "train_step_tiny").module, session.device)
+    module = session.load(device_step.executable, "train_step_tiny")
     data = {"data:x": x.numpy(), "data:labels": labels.numpy(), "data:example_weights": np.ones(len(labels), np.float32),
             "data:lr": np.array(0.1, np.float32)}
-    start = CompiledState(step, model, formats).values  # the inputs the host step started from
-    tensors = {name: session.array(np.array(value, copy=True, order="C")) for name, value in {**start, **data}.items()}
-    out = call_by_name(vm[TRAIN_STEP], device_step.inputs[TRAIN_STEP], device_step.outputs[TRAIN_STEP], tensors)
-    return host, {name: session.numpy(value) for name, value in out.items()}
+    values = {**start, **data}
+    outputs = session.run_relax(module, [values[slot.name] for slot in device_step.inputs[TRAIN_STEP]], TRAIN_STEP)
+    return host, {slot.name: value for slot, value in zip(device_step.outputs[TRAIN_STEP], outputs)}
 
 
 def test_the_step_built_for_arm64_runs_under_the_emulator_as_on_the_host(builds, request, require_target_tools):
