@@ -32,7 +32,7 @@ import tvm
 from tvm import relax
 
 from .errors import CompileError
-from .step_signature import OUTPUTS_ATTR, input_name, outputs_of, rebuild, replace_function, split_name
+from .step_signature import OUTPUTS_ATTR, input_name, inputs_of_kind, outputs_of, rebuild, replace_function, split_name
 
 
 def _adjoint_parts(func: relax.Function) -> tuple[list[relax.Expr], list[relax.Expr]]:
@@ -82,7 +82,7 @@ class AppendSGD:
         names = outputs_of(func)
         if len(names) != len(outputs):
             raise CompileError(f"{self.func_name} returns {len(outputs)} outputs, {OUTPUTS_ATTR} names {len(names)}")
-        params = [p for p in func.params if split_name(p.name)[0] == "param"]
+        params = list(inputs_of_kind(func, "param").values())
         if len(params) != len(grads):
             raise CompileError(f"{self.func_name} has {len(params)} parameters but {len(grads)} gradients")
         lr = relax.Var(input_name("data", "lr"), relax.TensorType((), "float32"))

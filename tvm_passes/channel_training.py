@@ -44,7 +44,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from schedules.formats import ChannelFormat
 
 from .errors import CompileError
-from .step_signature import input_name, split_name
+from .step_signature import input_name, inputs_of_kind
 from .train_batch_norm import batch_norm_function, batch_norm_spec
 
 _CONV = "relax.nn.conv2d"
@@ -109,7 +109,7 @@ def _users(bindings: Mapping) -> dict:
 
 def _plan(mod: tvm.IRModule, func: relax.Function, layers: Mapping[str, ChannelFormat],
           fixed: Iterable[str]) -> list[_Layer]:
-    params = {split_name(p.name)[1]: p for p in func.params if split_name(p.name)[0] == "param"}
+    params = inputs_of_kind(func, "param")
     fixed_params = {params[fqn] for fqn in fixed if fqn in params}
     bindings = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     users = _users(bindings)

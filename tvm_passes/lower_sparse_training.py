@@ -47,8 +47,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from schedules.formats import DIRECTIONS, SparseFormat
 
 from .errors import CompileError
-from .sparse_conv import function_name, kernel_function
-from .step_signature import input_name, split_name
+from .sparse_conv import kernel_function
+from .step_signature import input_name, inputs_of_kind
 
 _CONV = "relax.nn.conv2d"
 _CONV_T = "relax.nn.conv2d_transpose"
@@ -99,7 +99,7 @@ class _Layer:
         return [self.values if name == "values" else self.buffers[name] for name in self.fmt.layout[direction]]
 
 
-def _returned_grads(func: relax.Function, bindings: dict) -> list[relax.Expr] | None:
+def _returned_grads(func: relax.Function) -> list[relax.Expr] | None:
     ret = func.body.body
     if not isinstance(ret, relax.Tuple) or len(ret.fields) != 2 or not isinstance(ret.fields[1], relax.Tuple):
         return None
@@ -125,7 +125,7 @@ def _check_forward(fqn: str, call: relax.Call) -> int:
 
 
 def _plan(func: relax.Function, layers: Mapping[str, SparseFormat]) -> dict[str, _Layer]:
-    params = {split_name(p.name)[1]: p for p in func.params if split_name(p.name)[0] == "param"}
+    params = inputs_of_kind(func, "param")
     found = {}
     for fqn, fmt in layers.items():
         if fmt.scheme == "channel":
@@ -149,8 +149,8 @@ def _plan(func: relax.Function, layers: Mapping[str, SparseFormat]) -> dict[str,
                 layer.grad_input = var
             else:
                 raise CompileError(f"{layer.fqn}: the weight is used by {_op(value) or value.op}, not only by its convolutions")
-    grads = _returned_grads(func, bindings)
-    trainable = [p for p in func.params if split_name(p.name)[0] == "param"]
+    grads = _returned_grads(func)
+    trainable = list(params.values())
     for layer in found.values():
         if layer.forward is None:
             raise CompileError(f"{layer.fqn}: the weight feeds no convolution")

@@ -63,12 +63,9 @@ def output_exprs(func: relax.Function) -> list[relax.Expr]:
     return fields
 
 
-def param_named(func: relax.Function, name: str) -> relax.Var:
-    """The input of ``func`` called ``name``."""
-    for param in func.params:
-        if param.name == name:
-            return param
-    raise KeyError(name)
+def inputs_of_kind(func: relax.Function, kind: str) -> dict[str, relax.Var]:
+    """The inputs ``<kind>:<key>`` of ``func`` by key, in calling order."""
+    return {split_name(p.name)[1]: p for p in func.params if split_name(p.name)[0] == kind}
 
 
 @dataclass(frozen=True)

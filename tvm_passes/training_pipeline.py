@@ -56,7 +56,7 @@ from .legalize_dense_conv import LegalizeDenseConv
 from .schedule_channel_reduction import ScheduleChannelReduction
 from .schedule_dense_ops import ScheduleDenseOps
 from .schedule_elementwise import ScheduleElementwise
-from .step_signature import Slot, input_name, signature, split_name
+from .step_signature import Slot, input_name, inputs_of_kind, signature
 from .train_batch_norm import TrainBatchNorm
 
 #: Names of the two functions of a built training module.
@@ -133,7 +133,7 @@ def index_inputs(fqn: str, fmt: SparseFormat) -> dict[str, np.ndarray]:
 
 
 def _trainable(func: relax.Function) -> list[relax.Var]:
-    return [p for p in func.params if split_name(p.name)[0] == "param"]
+    return list(inputs_of_kind(func, "param").values())
 
 
 def _differentiate(mod: tvm.IRModule) -> tvm.IRModule:
