@@ -19,6 +19,7 @@ loss skip it); evaluation pads with zeros and cuts the logits (eval mode is per 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import torch
@@ -28,6 +29,7 @@ from tvm import relax
 
 from mest.compact import CompactConv, replace_sparse_convs
 from mest.sparsity import SparseState
+from schedules.database import TuningDatabase as SparseDatabase
 from schedules.layer import CompactWeight
 from tvm_passes.kernels import SchedulesKernels
 from tvm_passes.step_signature import call_by_name, input_name
@@ -93,8 +95,13 @@ class CompiledTraining:
 
     def _load(self) -> None:
         formats = self._formats()
-        step = load_or_build(self.structure, self.model_key, self.input_shape, formats, self.config,
-                             lambda: SchedulesKernels(self.config.target), self.progress)
+        # The sparse kernels take their knobs from the tuning database, as the tvm backend's: its
+        # records are part of what the built module is (a new record builds a new module).
+        database = SparseDatabase()
+        tuned = hashlib.sha256(database.path.read_bytes()).hexdigest()[:12] if database.path.exists() else "untuned"
+        self._module_key = f"{self.model_key}/{tuned}"
+        step = load_or_build(self.structure, self._module_key, self.input_shape, formats, self.config,
+                             lambda: SchedulesKernels(self.config.target, database), self.progress)
         if step.built:
             self.builds += 1
         self.build_seconds += step.seconds
@@ -108,7 +115,7 @@ class CompiledTraining:
         capacity changed)."""
         if self.vm is None:
             return
-        if step_key(self.model_key, self.input_shape, self._formats(), self.config) != self.key:
+        if step_key(self._module_key, self.input_shape, self._formats(), self.config) != self.key:
             self._load()
         else:
             self._bind()
