@@ -7,6 +7,8 @@ protocol; the commands are
 
 - ``python -m benchmarks.train_step``: a whole MEST training step (forward, backward, SGD);
 - ``python -m benchmarks.kernels``: one sparse layer's kernels against PyTorch's conv, per direction;
+- ``python -m benchmarks.dense_ops``: the dense ops of a training step (stem, shortcuts, classifier,
+  pool; forward and both gradients) against PyTorch, op by op;
 - ``python -m benchmarks.inference``: a compiled sparse model against TVM dense and PyTorch eval;
 - ``python -m benchmarks.crossover``: one conv, sparse over densities against dense (where sparse
   stops winning: the numbers of :data:`tvm_passes.config.DENSE_CROSSOVER`).

@@ -100,7 +100,7 @@ def build_parser() -> CommandParser:
                         help="comma-separated schemes (channel always wins: a smaller dense conv)")
     parser.add_argument("--densities", type=list_of(density), default=None,
                         help="comma-separated densities for every scheme (default: irregular and block 0.05-0.7, pattern 1/9-4/9)")
-    parser.add_argument("--target", default="x86", help="target compiled for; the convs run here, so this machine's")
+    parser.add_argument("--target", default="host", help="target compiled for; the convs run here, so this machine's")
     parser.add_argument("--tune-db", type=database_directory, default=None, help="tuning database directory (default: the user's cache one)")
     add_protocol_arguments(parser, out="runs/benchmarks/crossover.json")
     return parser

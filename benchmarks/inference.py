@@ -206,7 +206,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--sparsity", type=sparsity, default=0.9, help="sparsity of the sparse layers, in [0, 1)")
     parser.add_argument("--batch", type=at_least(1), default=8, help="images per forward pass (static batch)")
     parser.add_argument("--image-size", type=at_least(4), default=32, help="image height and width")
-    parser.add_argument("--target", default="x86", help="target compiled for; the models run here, so this machine's")
+    parser.add_argument("--target", default="host", help="target compiled for; the models run here, so this machine's")
     parser.add_argument("--sparse-trials", type=at_least(0), default=8,
                         help="knob-search trials per sparse kernel the tuning database lacks (0: default knobs)")
     parser.add_argument("--dense-trials", type=at_least(0), default=0,

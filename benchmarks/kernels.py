@@ -252,7 +252,7 @@ def build_parser() -> CommandParser:
     parser.add_argument("--batch", type=at_least(1), default=64, help="images per call")
     parser.add_argument("--tune-db", type=database_directory, default=None,
                         help="tuning database directory (default: $MEST_TVM_CACHE/tune-db, the user's cache one)")
-    parser.add_argument("--target", default="x86", help="target of our kernels; they run here, so this machine's")
+    parser.add_argument("--target", default="host", help="target of our kernels; they run here, so this machine's")
     add_protocol_arguments(parser, out="runs/benchmarks/kernels.json")
     return parser
 

@@ -11,6 +11,8 @@ from the reference's init by each scheme. The variants (``--variants``, see :dat
 - ``torch-compile`` (opt-in, ``--torch-compile``): the same with ``torch.compile(model)``;
 - ``torch-mask <scheme>``: the reference's masked dense training (``mest.train --backend torch-mask``);
 - ``tvm <scheme>``: our ``tvm`` backend (compact sparse layers run by the TVM kernels);
+- ``compiled <scheme>``: our ``compiled`` backend (the whole step one built TVM function,
+  :mod:`mest.compiled`; built once, or loaded from the module cache, in the first step);
 - ``import-torch``, ``import-torch-tvm``: processes that only import, for their peak resident set.
 
 Each runs in processes of its own, alternated round by round (:mod:`benchmarks.harness`). Reported:
@@ -18,7 +20,7 @@ the step time (median of the process medians, min-max); ``vs dense``, the faster
 layout's median over this one's (above 1: this is faster); ``vs torch-mask`` (same scheme); each
 process's peak resident set; the sparse layers' training-state bytes (weights, gradients, momentum,
 indices or masks) against the same layers dense; the first step's seconds (the tvm backend builds its
-kernels there); and for ``tvm`` one mutation (EM&S's first phase, and EM) with its re-pack and kernel
+kernels there, the compiled one its step); and for ``tvm`` and ``compiled`` one mutation (EM&S's first phase, and EM) with its re-pack and kernel
 rebuild, as a share of one mutation window (``--window-steps`` steps at the median step time).
 Writes JSON (``--out``) and prints a markdown table. A benchmark, not a test: figures are the machine's.
 """
@@ -120,6 +122,31 @@ def torch_mask(params: dict) -> Workload:
     return _workload(*_training_state(params, scheme=params["scheme"]), params)
 
 
+def _mutation_share(config, model, optimizer, sparse, step: Callable[[], None], rebuild_seconds: Callable[[], float],
+                    window_steps: int, refresh: Callable[[], None] = lambda: None) -> Callable[[dict[str, float]], dict]:
+    """After the timing: one mutation of EM&S's first phase (layers grow to their largest bound) and one
+    of EM, each followed by the first step on the re-packed layers (a rebuild would show there)."""
+
+    def after(medians: dict[str, float]) -> dict:
+        mutation = {}
+        for kind, epoch in (("ems", 0), ("em", config.update_freq)):
+            schedule = MutationSchedule(kind, config.sparsity, config.update_freq, config.decay_epochs)
+            builds_before = rebuild_seconds()
+
+            def mutate() -> None:
+                sparse.mutate(model, optimizer, schedule, epoch, seed=1)
+                refresh()
+
+            mutate_s = _seconds(mutate)
+            mutation[kind] = {"mutate_s": mutate_s, "first_step_s": _seconds(step),
+                              "rebuild_s": rebuild_seconds() - builds_before}
+        window_s = window_steps * medians["step"]
+        return {"mutation": mutation, "window_train_s": window_s,
+                "mutation_share_of_window": {k: (v["mutate_s"] + v["rebuild_s"]) / window_s for k, v in mutation.items()}}
+
+    return after
+
+
 def tvm_backend(params: dict) -> Workload:
     """Our ``tvm`` backend, set up as the trainer does (buffers sized for the run's peak, kernels for the batch)."""
     from mest.compact import to_compact  # noqa: PLC0415 - imports TVM: only in this variant's process
@@ -132,24 +159,34 @@ def tvm_backend(params: dict) -> Workload:
     workload = _workload(model, optimizer, sparse, params)
     cache = default_cache()
     workload.info.update(build_s=cache.build_seconds, kernel_builds=cache.builds)
-    step = workload.steps["step"]
-
-    def mutation_share(medians: dict[str, float]) -> dict:
-        """One mutation of EM&S's first phase (layers grow to their largest bound) and one of EM, each
-        followed by the first step on the re-packed layers (a kernel rebuild would show there)."""
-        mutation = {}
-        for kind, epoch in (("ems", 0), ("em", config.update_freq)):
-            schedule = MutationSchedule(kind, config.sparsity, config.update_freq, config.decay_epochs)
-            builds_before = cache.build_seconds
-            mutate_s = _seconds(lambda: sparse.mutate(model, optimizer, schedule, epoch, seed=1))
-            mutation[kind] = {"mutate_s": mutate_s, "first_step_s": _seconds(step),
-                              "rebuild_s": cache.build_seconds - builds_before}
-        window_s = params["window_steps"] * medians["step"]
-        return {"mutation": mutation, "window_train_s": window_s,
-                "mutation_share_of_window": {k: (v["mutate_s"] + v["rebuild_s"]) / window_s for k, v in mutation.items()}}
-
-    workload.after = mutation_share
+    workload.after = _mutation_share(config, model, optimizer, sparse, workload.steps["step"],
+                                     lambda: cache.build_seconds, window_steps=params["window_steps"])
     return workload
+
+
+def compiled_backend(params: dict) -> Workload:
+    """Our ``compiled`` backend, set up as the trainer does (one built step, buffers for the run's peak)."""
+    from mest.compiled import CompiledTraining, to_compiled  # noqa: PLC0415 - imports TVM: only in this variant's process
+
+    config = get_preset(PRESET).override(model=params["model"], scheme=params["scheme"], sparsity=params["sparsity"],
+                                         batch_size=params["batch"])
+    model, optimizer, sparse = _training_state(params, scheme=config.scheme, convert=lambda model, sparse: to_compiled(
+        model, sparse, capacity=sparse.peak_counts(config.mutation_schedule())))
+    size = params["image_size"]
+    compiled = CompiledTraining(model, build_model(config.model, 10, 3), sparse, optimizer,
+                                model_key=f"{config.model}/10/3/{size}", input_shape=(config.batch_size, 3, size, size))
+    images, labels = _batch(params)
+    lr = optimizer.param_groups[0]["lr"]
+
+    def step() -> None:
+        compiled.step(images, labels, lr)
+
+    info = {"first_step_s": _seconds(step)}
+    info["state_bytes"], info["dense_state_bytes"] = sparse.state_bytes()
+    info.update(build_s=compiled.build_seconds, module_builds=compiled.builds)
+    after = _mutation_share(config, model, optimizer, sparse, step, lambda: compiled.build_seconds,
+                            window_steps=params["window_steps"], refresh=compiled.refresh)
+    return Workload({"step": step}, info, after)
 
 
 @dataclass(frozen=True)
@@ -186,6 +223,7 @@ STEP_VARIANTS: dict[str, StepVariant] = {
     "torch-compile": StepVariant(pytorch_compiled, "torch", per_scheme=False, default=False),
     "torch-mask": StepVariant(torch_mask, "mest", per_scheme=True),
     "tvm": StepVariant(tvm_backend, "mest", per_scheme=True),
+    "compiled": StepVariant(compiled_backend, "mest", per_scheme=True),
     "import-torch": StepVariant(import_only, "torch", per_scheme=False, params={"modules": []}),
     "import-torch-tvm": StepVariant(import_only, "torch", per_scheme=False, params={"modules": ["tvm"]}),
 }

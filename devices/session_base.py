@@ -234,7 +234,7 @@ class Session(abc.ABC):
             On :attr:`device` (a host-side holder for runner sessions).
         """
         with self.guard("copy to device"):
-            return tvm.runtime.tensor(np.ascontiguousarray(value), self.device)
+            return tvm.runtime.tensor(np.require(value, requirements="C"), self.device)
 
     def numpy(self, tensor: Any) -> np.ndarray:
         """Copy a tensor of this session back into a NumPy array.

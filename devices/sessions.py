@@ -99,7 +99,7 @@ def open_session(kind: str, target: str | TargetSpec = "host", **options: Any) -
 FLEET_REQUEST_TIMEOUT_S = 5.0
 
 
-def open_fleet(kind: str, target: str | TargetSpec = "x86", **options: Any) -> Fleet:
+def open_fleet(kind: str, target: str | TargetSpec = "host", **options: Any) -> Fleet:
     """Open every free device of a ``tracker:HOST:PORT:KEY`` kind at once; one session for other kinds.
 
     Parameters

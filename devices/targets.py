@@ -53,6 +53,9 @@ class TargetSpec:
         The Debian packages that provide the cross-compiler, sysroot and qemu.
     vector_bits : int
         Width of its SIMD registers (NEON: 128).
+    vector_registers : int
+        How many SIMD registers it has (AVX2: 16, AVX-512: 32, aarch64 NEON: 32, armv7 NEON: 16
+        quad registers); register-tiled schedules size their accumulators by it.
     pointer_bits : int
         64 or 32.
     is_host : bool
@@ -72,6 +75,7 @@ class TargetSpec:
     sysroot: str | None
     debian_packages: tuple[str, ...]
     vector_bits: int
+    vector_registers: int
     pointer_bits: int
     is_host: bool
     emulation: str | None
@@ -152,6 +156,7 @@ def _host_spec(name: str) -> TargetSpec:
     cpu = codegen.llvm_get_system_cpu()
     arm = name == "arm64"
     tvm_json = {"kind": "llvm", "mcpu": cpu, **({"mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]} if arm else {})}
+    vector_bits = 128 if arm else _x86_vector_bits(tvm.target.Target(tvm_json))
     return TargetSpec(
         name=name,
         description=f"this machine ({platform.machine()}, {cpu}), native",
@@ -160,7 +165,8 @@ def _host_spec(name: str) -> TargetSpec:
         qemu=None,
         sysroot=None,
         debian_packages=(),
-        vector_bits=128 if arm else _x86_vector_bits(tvm.target.Target(tvm_json)),
+        vector_bits=vector_bits,
+        vector_registers=32 if arm or vector_bits == 512 else 16,
         pointer_bits=64,
         is_host=True,
         emulation=None,
@@ -178,6 +184,7 @@ _X86_64 = TargetSpec(
     sysroot=None,
     debian_packages=("g++-x86-64-linux-gnu", "libc6-amd64-cross"),
     vector_bits=128,
+    vector_registers=16,
     pointer_bits=64,
     is_host=False,
     emulation=None,
@@ -194,6 +201,7 @@ _ARM64 = TargetSpec(
     sysroot="/usr/aarch64-linux-gnu",
     debian_packages=("g++-aarch64-linux-gnu", "libc6-arm64-cross", "qemu-user"),
     vector_bits=128,
+    vector_registers=32,
     pointer_bits=64,
     is_host=False,
     emulation=EMULATION_RPC,
@@ -214,6 +222,7 @@ _ARMV7 = TargetSpec(
     sysroot="/usr/arm-linux-gnueabihf",
     debian_packages=("g++-arm-linux-gnueabihf", "libc6-armhf-cross", "qemu-user"),
     vector_bits=128,
+    vector_registers=16,
     pointer_bits=32,
     is_host=False,
     emulation=EMULATION_RUNNER,

@@ -18,6 +18,7 @@ through :func:`compact_optimizer_state`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -89,7 +90,7 @@ def _slots(optimizer: torch.optim.Optimizer) -> dict[int, int]:
 
 
 def _refusal(model: nn.Module, fqn: str) -> str:
-    """Why the tvm backend cannot hold the parameter ``fqn`` compactly (``""`` when it can)."""
+    """Why the tvm and compiled backends cannot hold the parameter ``fqn`` compactly (``""`` when they can)."""
     module_name, _, leaf = fqn.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
     if isinstance(module, nn.Conv2d) and leaf == "weight":
@@ -98,7 +99,7 @@ def _refusal(model: nn.Module, fqn: str) -> str:
         what = f"a {module.kernel_size[0]}x{module.kernel_size[1]} conv"
     else:
         what = f"the {leaf} of a {type(module).__name__}"
-    return (f"the tvm backend cannot train {fqn} ({what}) sparse: it runs sparse 3x3 convs (padding 1, stride 1 "
+    return (f"the tvm and compiled backends cannot train {fqn} ({what}) sparse: it runs sparse 3x3 convs (padding 1, stride 1 "
             "or 2, no bias); keep that layer dense in the profile, or train with --backend torch-mask")
 
 
@@ -133,22 +134,35 @@ def check_compact_layers(model_name: str, profile: dict[str, float], profile_pat
 
 
 @torch.no_grad()
-def to_compact(model: nn.Module, sparse: SparseState, capacity: dict[str, int] | None = None,
-               batch_size: int | None = None) -> None:
-    """Replace every masked sparse conv of ``model`` by a compact ``SparseConv2d``, in place.
+def replace_sparse_convs(model: nn.Module, sparse: SparseState, capacity: dict[str, int] | None,
+                         make_module: Callable[..., nn.Module], layer_class: type,
+                         batch_size: int | None = None) -> None:
+    """Replace every masked sparse conv of ``model`` by a compact module, in place.
 
     Call it before building the optimizer: each compact ``values`` parameter stands where the dense
     weight stood in ``model.parameters()``.
 
     Parameters
     ----------
+    model : torch.nn.Module
+        The masked model.
+    sparse : SparseState
+        Its sparse layers; each masked conv's entry becomes a ``layer_class``.
     capacity : dict of str to int, optional
         Value slots per layer FQN (the largest non-zero count the run will reach); the current
         count by default.
+    make_module : callable
+        ``(weight, mask, scheme, stride, capacity, batch_size) -> module`` with ``values``.
+    layer_class : type
+        The :class:`CompactConv` (or subclass) holding the module.
     batch_size : int, optional
         The batch the kernels are built for (smaller batches are padded to it).
+
+    Raises
+    ------
+    ConfigError
+        A sparse layer is not a conv the compact layers take (named, with the backend that can).
     """
-    sparse_conv = _sparse_conv_class()
     for fqn, layer in list(sparse.layers.items()):
         if not isinstance(layer, MaskedConv):
             continue
@@ -159,11 +173,22 @@ def to_compact(model: nn.Module, sparse: SparseState, capacity: dict[str, int] |
         conv = model.get_submodule(module_name)
         mask = layer.mask()
         slots = max(int(mask.sum()), (capacity or {}).get(fqn, 0))
-        compact = sparse_conv(conv.weight.detach(), mask, sparse.schemes[fqn], stride=conv.stride[0],
-                              capacity=slots, batch_size=batch_size)
+        compact = make_module(conv.weight.detach(), mask, sparse.schemes[fqn], conv.stride[0], slots, batch_size)
         parent, child = _parent(model, module_name)
         setattr(parent, child, compact)
-        sparse.layers[fqn] = CompactConv(compact)
+        sparse.layers[fqn] = layer_class(compact)
+
+
+def _sparse_conv(weight: torch.Tensor, mask: torch.Tensor, scheme: str, stride: int, capacity: int,
+                 batch_size: int | None) -> nn.Module:
+    return _sparse_conv_class()(weight, mask, scheme, stride=stride, capacity=capacity, batch_size=batch_size)
+
+
+def to_compact(model: nn.Module, sparse: SparseState, capacity: dict[str, int] | None = None,
+               batch_size: int | None = None) -> None:
+    """Replace every masked sparse conv of ``model`` by a compact ``SparseConv2d``, in place (the
+    ``tvm`` backend; see :func:`replace_sparse_convs`, whose parameters these are)."""
+    replace_sparse_convs(model, sparse, capacity, _sparse_conv, CompactConv, batch_size)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from mest.models import MODEL_NAMES
 from mest.mutation import MutationSchedule
 from mest.schemes import SCHEMES
 
-BACKENDS = ("tvm", "torch-mask")
+BACKENDS = ("tvm", "compiled", "torch-mask")
 
 
 @dataclass(frozen=True)

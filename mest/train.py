@@ -54,7 +54,8 @@ OVERRIDES = {
     "ranking_in": (str, "forgetting_ranking.json of an earlier run: remove its examples (none: this run's)"),
     "profile": (str, "JSON file {parameter FQN: sparsity} (none: the 3x3 convs of the stages at --sparsity)"),
     "seed": (int, "seed of the init, the shuffle and the mutations"),
-    "backend": (str, "tvm (compact layers, TVM kernels) or torch-mask (masked dense, the reference)"),
+    "backend": (str, "tvm (compact layers, TVM kernels), compiled (the whole step one TVM function) or "
+                     "torch-mask (masked dense, the reference)"),
 }
 
 

@@ -3,14 +3,17 @@
 Per run: build the model (reference init), prune it once to the profile's densities; then per epoch:
 remove the unforgettable examples at the removal epoch, mutate the sparse layers at a mutation epoch,
 train (forward, loss, backward, ``grad *= mask``, SGD step, ``weight *= mask``; forgetting statistics
-from the same forward pass), step the cosine LR, evaluate, write metrics and an atomic checkpoint.
+from the same forward pass; with the ``compiled`` backend the whole step is one built TVM function,
+:mod:`mest.compiled`), step the cosine LR, evaluate, write metrics and an atomic checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -110,7 +113,7 @@ class Trainer:
         # The files a config names are read before the data, so a bad one costs no data loading.
         ranking = read_ranking(Path(config.ranking_in)) if config.ranking_in else None
         profile = read_profile(Path(config.profile)) if config.profile else None
-        if config.backend == "tvm" and profile is not None:  # a layer the backend cannot hold fails before the data loads
+        if config.backend in ("tvm", "compiled") and profile is not None:  # a layer the backend cannot hold fails before the data loads
             from mest.compact import check_compact_layers
 
             check_compact_layers(config.model, profile, Path(config.profile), config.scheme)
@@ -131,11 +134,16 @@ class Trainer:
         self.sparse = SparseState.prune_init(self.model, profile, config.scheme)
         if checkpoint is not None:
             self._restore_model(checkpoint)
-        if config.backend == "tvm":  # before the optimizer: compact values take the dense weights' slots
+        # Before the optimizer: compact values take the dense weights' slots.
+        if config.backend == "tvm":
             from mest.compact import to_compact
 
             to_compact(self.model, self.sparse, capacity=self.sparse.peak_counts(self.schedule),
                        batch_size=self.world.local_batch(config.batch_size))
+        elif config.backend == "compiled":
+            from mest.compiled import to_compiled  # imports TVM (seconds): only when this backend runs
+
+            to_compiled(self.model, self.sparse, capacity=self.sparse.peak_counts(self.schedule))
         self.world.prepare(self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
@@ -150,6 +158,16 @@ class Trainer:
             self._restore(checkpoint)
         self.step_model = self.world.wrap(self.model)  # the model under DDP (itself for one process)
         self._shapes = {name: p.shape for name, p in self.model.named_parameters()}
+        self.compiled = None
+        if config.backend == "compiled":
+            from mest.compiled import CompiledTraining
+
+            spec = self.spec
+            self.compiled = CompiledTraining(
+                self.model, build_model(config.model, spec.num_classes, spec.in_channels), self.sparse, self.optimizer,
+                model_key=f"{spec.name}/{spec.num_classes}/{spec.in_channels}/{spec.image_size}",
+                input_shape=(config.batch_size, spec.in_channels, spec.image_size, spec.image_size),
+                progress=tqdm.write if self.progress else None)
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True,
@@ -171,7 +189,7 @@ class Trainer:
         state = checkpoint.state
         try:
             optimizer_state = state["optimizer"]
-            if self.config.backend == "tvm":
+            if self.config.backend in ("tvm", "compiled"):
                 from mest.compact import compact_optimizer_state
 
                 optimizer_state = compact_optimizer_state(optimizer_state, self.sparse, self.optimizer)
@@ -226,6 +244,8 @@ class Trainer:
             t0 = time.perf_counter()
             records = self.sparse.mutate(self.model, self.optimizer, self.schedule, epoch, config.seed,
                                          config.grad_weight)
+            if self.compiled is not None:
+                self.compiled.refresh()  # new index inputs; a new module only if a capacity changed
             self.world.check_shapes(self.model, self._shapes)
             checked = time.perf_counter()
             digest = self.world.check_same_masks(self.sparse.masks, epoch)
@@ -236,8 +256,11 @@ class Trainer:
         train_started = time.perf_counter()
         train_loss, train_acc = self.train_one_epoch()
         train_seconds = time.perf_counter() - train_started
-        self.scheduler.step()
-        test_loss, test_acc = evaluate(self.model, self.data, self.world.local_batch(config.batch_size), self.world)
+        with warnings.catch_warnings():  # the compiled step updates the parameters, not optimizer.step()
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
+        test_loss, test_acc = evaluate(self.compiled.evaluate if self.compiled is not None else self.model,
+                                       self.data, self.world.local_batch(config.batch_size), self.world)
         held, dense = self.sparse.state_bytes()
         metrics = {
             "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -260,7 +283,10 @@ class Trainer:
         return metrics
 
     def _kernel_build_seconds(self) -> float:
-        """Seconds spent building (or loading from disk) TVM kernels so far in this process (0 for torch-mask)."""
+        """Seconds spent building (or loading from disk) TVM kernels or compiled steps so far in this
+        process (0 for torch-mask)."""
+        if self.compiled is not None:
+            return self.compiled.build_seconds
         if self.config.backend != "tvm":
             return 0.0
         from schedules.cache import default_cache
@@ -280,13 +306,17 @@ class Trainer:
         loss_sum, correct_sum, seen = 0.0, 0, 0
         outcomes = []
         for indices, images, labels, examples in bar:
-            # This rank's loss is summed over its examples and divided by the batch's share per rank:
-            # DDP's mean over the ranks is then the gradient of the whole batch's mean loss.
-            logits, summed = train_step(self.step_model, self.optimizer, self.sparse, images, labels,
-                                        loss_divisor=examples / self.world.size)
-            correct = logits.detach().argmax(dim=1) == labels
+            if self.compiled is not None:  # one process (torchrun refuses this backend)
+                loss, correct = self.compiled.step(images, labels, self.optimizer.param_groups[0]["lr"])
+                loss_sum += loss * len(labels)
+            else:
+                # This rank's loss is summed over its examples and divided by the batch's share per rank:
+                # DDP's mean over the ranks is then the gradient of the whole batch's mean loss.
+                logits, summed = train_step(self.step_model, self.optimizer, self.sparse, images, labels,
+                                            loss_divisor=examples / self.world.size)
+                correct = logits.detach().argmax(dim=1) == labels
+                loss_sum += summed.item()
             outcomes.append((indices, correct))
-            loss_sum += summed.item()
             correct_sum += int(correct.sum())
             seen += len(labels)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}",
@@ -310,7 +340,7 @@ class Trainer:
     # -- outputs ---------------------------------------------------------------------------
     def state(self) -> dict:
         """The checkpoint payload (plain types and tensors), the same for every backend."""
-        if self.config.backend == "tvm":
+        if self.config.backend in ("tvm", "compiled"):
             from mest.compact import dense_equivalent_state
 
             model_state, optimizer_state = dense_equivalent_state(self.model, self.sparse, self.optimizer)
@@ -355,10 +385,15 @@ def run_summary(history: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, batch_size: int, world: World | None = None) -> tuple[float, float]:
+def evaluate(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], data: Dataset, batch_size: int,
+             world: World | None = None) -> tuple[float, float]:
     """Mean loss and accuracy on the test split, in eval mode (each rank of ``world`` evaluates its
-    :func:`~mest.data.shard` of the split, and the sums are reduced)."""
-    model.eval()
+    :func:`~mest.data.shard` of the split, and the sums are reduced).
+
+    ``model`` is a module, or a function giving the eval-mode logits of a batch (the compiled backend's).
+    """
+    if isinstance(model, nn.Module):
+        model.eval()
     world = world if world is not None else World()
     part = shard(len(data.test), world.rank, world.size)
     loss_sum, correct, seen = 0.0, 0, 0

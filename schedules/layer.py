@@ -9,7 +9,8 @@ scatters its output into the pruned filters' zeros (PyTorch's autograd gives its
 
 The trainer constructs the layer from ``(weight, mask, scheme)`` and calls :meth:`SparseConv2d.repack`
 at each mask mutation: the parameter object stays the same (its data is replaced), and the kernel
-cache answers unless the capacity changed.
+cache answers unless the capacity changed. :class:`CompactWeight`, its base, is the compact weight
+alone (values, format, re-pack), without kernels.
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ class _SparseConvFunction(torch.autograd.Function):
         return dx, dvalues, None
 
 
-class SparseConv2d(nn.Module):
-    """3x3 convolution, padding 1, no bias, stored compactly and run by sparse TVM kernels.
+class CompactWeight(nn.Module):
+    """A 3x3 conv weight (padding 1, no bias) held compactly: its only parameter is the format's values.
+
+    Holds no kernels: :class:`SparseConv2d` runs it eagerly; the compiled training step of ``mest``
+    takes its values and index arrays as inputs.
 
     Parameters
     ----------
@@ -81,37 +85,20 @@ class SparseConv2d(nn.Module):
         1 or 2.
     capacity : int, optional
         Value slots to allocate (upper bound of non-zeros under Soft Memory Bound).
-    cache : KernelCache, optional
-        Where kernels come from; default the process-wide cache.
-    batch_size : int, optional
-        The batch the kernels are built for: a smaller batch (the last of an epoch) is zero-padded
-        to it and the output cut back, which is exact (images are independent; padded images add
-        zero to the weight gradient) and spares a kernel build per odd batch size. Larger batches,
-        or every batch when not given, get kernels of their own size.
 
     Attributes
     ----------
     values : torch.nn.Parameter
-        The compact values (``capacity`` float32), the layer's only parameter.
+        The compact values (``capacity`` float32), the only parameter.
     """
 
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        mask: torch.Tensor,
-        scheme: str,
-        stride: int = 1,
-        capacity: int | None = None,
-        cache: KernelCache | None = None,
-        batch_size: int | None = None,
-    ) -> None:
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, scheme: str, stride: int = 1,
+                 capacity: int | None = None) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise SparseFormatError(f"stride {stride} is not supported; SparseConv2d takes stride 1 or 2")
+            raise SparseFormatError(f"stride {stride} is not supported; sparse convs take stride 1 or 2")
         self.scheme = scheme
         self.stride = stride
-        self.cache = cache if cache is not None else default_cache()
-        self.batch_size = batch_size
         fmt = pack(scheme, weight, mask, capacity)
         self.values = nn.Parameter(fmt.values)
         self._set_format(fmt)
@@ -128,14 +115,6 @@ class SparseConv2d(nn.Module):
 
     def _set_format(self, fmt: SparseFormat) -> None:
         self._format = fmt
-        self._kernels: dict[tuple[int, ...], dict[str, Any]] = {}
-        valid = fmt.valid_slots()
-        self._padding = None if bool(valid.all()) else valid.to(torch.float32)
-        if isinstance(fmt, ChannelFormat):
-            self._arguments = {}
-            self._kept = torch.from_numpy(fmt.indices["kept"][: fmt.filters_used].astype(np.int64))
-        else:
-            self._arguments = {d: _index_tensors(fmt, d) for d in DIRECTIONS}
 
     def repack(self, weight: torch.Tensor, mask: torch.Tensor, capacity: int | None = None) -> None:
         """Take a new mask (after a mutation): re-pack values and indices, keep the parameter object.
@@ -147,7 +126,7 @@ class SparseConv2d(nn.Module):
         mask : torch.Tensor
             The new mask.
         capacity : int, optional
-            New capacity; default keeps the current one (so the kernels stay cached).
+            New capacity; default keeps the current one (so built kernels stay valid).
         """
         fmt = pack(self.scheme, weight, mask, capacity if capacity is not None else self._format.capacity)
         self.values.data = fmt.values
@@ -160,6 +139,51 @@ class SparseConv2d(nn.Module):
     def mask(self) -> torch.Tensor:
         """Bool ``[O, I, 3, 3]`` mask of the kept positions."""
         return self._format.to_mask()
+
+    def extra_repr(self) -> str:
+        return f"{self.weight_shape[1]}, {self.weight_shape[0]}, scheme={self.scheme}, stride={self.stride}, capacity={self._format.capacity}"
+
+
+class SparseConv2d(CompactWeight):
+    """3x3 convolution, padding 1, no bias, stored compactly and run by sparse TVM kernels.
+
+    Parameters
+    ----------
+    weight, mask, scheme, stride, capacity
+        As :class:`CompactWeight`.
+    cache : KernelCache, optional
+        Where kernels come from; default the process-wide cache.
+    batch_size : int, optional
+        The batch the kernels are built for: a smaller batch (the last of an epoch) is zero-padded
+        to it and the output cut back, which is exact (images are independent; padded images add
+        zero to the weight gradient) and spares a kernel build per odd batch size. Larger batches,
+        or every batch when not given, get kernels of their own size.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        scheme: str,
+        stride: int = 1,
+        capacity: int | None = None,
+        cache: KernelCache | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.cache = cache if cache is not None else default_cache()
+        self.batch_size = batch_size
+        super().__init__(weight, mask, scheme, stride, capacity)
+
+    def _set_format(self, fmt: SparseFormat) -> None:
+        self._format = fmt
+        self._kernels: dict[tuple[int, ...], dict[str, Any]] = {}
+        valid = fmt.valid_slots()
+        self._padding = None if bool(valid.all()) else valid.to(torch.float32)
+        if isinstance(fmt, ChannelFormat):
+            self._arguments = {}
+            self._kept = torch.from_numpy(fmt.indices["kept"][: fmt.filters_used].astype(np.int64))
+        else:
+            self._arguments = {d: _index_tensors(fmt, d) for d in DIRECTIONS}
 
     def output_shape(self, x_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """NCHW output shape for an input shape."""
@@ -191,5 +215,3 @@ class SparseConv2d(nn.Module):
         y = x.new_zeros(self.output_shape(tuple(x.shape)))
         return y.index_copy(1, self._kept, kept)
 
-    def extra_repr(self) -> str:
-        return f"{self.weight_shape[1]}, {self.weight_shape[0]}, scheme={self.scheme}, stride={self.stride}, capacity={self._format.capacity}"

@@ -1,8 +1,9 @@
 """The kernel source of the pipeline: formats, tuned knobs and scheduled kernels from ``schedules``.
 
 :class:`SchedulesKernels` adapts ``schedules`` to :class:`~tvm_passes.lower_sparse_conv.KernelSource`:
-formats come from :func:`schedules.formats.pack`, kernels from
-:func:`schedules.kernels.forward_primfunc`, and knobs from the sparse records of the tuning database
+formats come from :func:`schedules.formats.pack`, kernels of each direction (forward for the
+inference pipeline; forward, grad-input and grad-weight for the training pipeline) from
+:func:`schedules.kernels.primfunc`, and knobs from the sparse records of the tuning database
 (:class:`schedules.database.TuningDatabase`, the same records training and ``schedules.tune`` use,
 keyed by scheme, direction, shapes, stride, density bucket and target). With
 :class:`SparseTuning` (trials > 0 and a session that measures for real), a kernel the database lacks
@@ -77,26 +78,34 @@ class SchedulesKernels:
         except SparseFormatError as exc:
             raise CompileError(f"cannot pack a {scheme} layer: {exc}") from exc
 
-    def _record(self, fmt: SparseFormat, x_shape: tuple[int, ...], stride: int):
-        known = self.database.lookup(workload(fmt, "forward", x_shape, stride, self.target)) if self.database else None
+    def _record(self, fmt: SparseFormat, direction: str, x_shape: tuple[int, ...], stride: int):
+        known = self.database.lookup(workload(fmt, direction, x_shape, stride, self.target)) if self.database else None
         if self.tuning is None:
             return known
-        budget = min(self.tuning.trials, len(knob_space(fmt, "forward", x_shape, stride)))
+        budget = min(self.tuning.trials, len(knob_space(fmt, direction, x_shape, stride)))
         if known is not None and known.trials >= budget:
             return known
         if self.tuning.progress:
-            self.tuning.progress(f"tuning {fmt.scheme} kernel {list(fmt.weight_shape)} on {list(x_shape)}, {budget} trials")
-        return tune_kernel(self.tuning.session, self.database, self.ranker, fmt, "forward", x_shape, stride,
+            self.tuning.progress(f"tuning {fmt.scheme} {direction} kernel {list(fmt.weight_shape)} on {list(x_shape)}, "
+                                 f"{budget} trials")
+        return tune_kernel(self.tuning.session, self.database, self.ranker, fmt, direction, x_shape, stride,
                            self.tuning.trials).record
 
     def forward_primfunc(self, fmt: Any, x_shape: tuple[int, ...], stride: int) -> tuple[tirx.PrimFunc, str]:
         """Scheduled forward kernel and a description of its knobs."""
+        return self.primfunc("forward", fmt, x_shape, stride)
+
+    def primfunc(self, direction: str, fmt: Any, x_shape: tuple[int, ...], stride: int) -> tuple[tirx.PrimFunc, str]:
+        """Scheduled kernel of ``direction`` (``forward``, ``grad_input``, ``grad_weight``) and its knobs.
+
+        ``x_shape`` is the forward input's shape in every direction (see :mod:`schedules.kernels`).
+        """
         x_shape = tuple(int(d) for d in x_shape)
         try:
-            record = self._record(fmt, x_shape, stride)
-            prim = sparse_kernels.forward_primfunc(fmt, x_shape, stride, record.knobs if record else None)
+            record = self._record(fmt, direction, x_shape, stride)
+            prim = sparse_kernels.primfunc(direction, fmt, x_shape, stride, record.knobs if record else None)
         except UnsupportedKernelError as exc:
-            raise CompileError(f"no {fmt.scheme} kernel for input {list(x_shape)}: {exc}") from exc
+            raise CompileError(f"no {fmt.scheme} {direction} kernel for input {list(x_shape)}: {exc}") from exc
         if record is None:
             return prim, "default knobs"
         knobs = ",".join(f"{k}={v}" for k, v in record.knobs.to_json().items())

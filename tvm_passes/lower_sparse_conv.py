@@ -31,11 +31,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .errors import CompileError
-from .sparse_conv import conv_of, const_value, function_name, info_of
-
-#: ``op_pattern`` value of an opaque PrimFunc (``tvm.relax.transform.OpPatternKind.kOpaque``).
-_OPAQUE = 8
-
+from .sparse_conv import conv_of, const_value, function_name, info_of, kernel_function
 
 class KernelSource(Protocol):
     """Where the sparse kernels come from (``schedules`` in the pipeline)."""
@@ -80,17 +76,7 @@ class _Lowerer(PyExprMutator):
         stride = int(conv.attrs.strides[0])
         prim, knobs = self.source.forward_primfunc(fmt, x_shape, stride)
         name = "sparse_" + info.scheme + "_" + function_name(info.fqn)[len("mest_"):]
-        prim = prim.with_attrs(
-            {
-                "global_symbol": name,
-                "op_pattern": _OPAQUE,
-                "mest.fqn": info.fqn,
-                "mest.scheme": info.scheme,
-                "mest.kernel": info.kernel,
-                "mest.bytes_stored": int(fmt.nbytes),
-                "mest.knobs": knobs,
-            }
-        )
+        prim = kernel_function(prim, name, info.fqn, info.scheme, fmt.nbytes, knobs)
         gvar = self.builder_.add_func(prim, name)
         buffers = [relax.const(_as_numpy(buf)) for buf in fmt.buffers("forward").values()]
         return relax.call_tir(gvar, relax.Tuple([call.args[0], *buffers]), call.ty)

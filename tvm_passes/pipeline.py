@@ -1,8 +1,8 @@
 """The compile pipeline: a trained, masked PyTorch model becomes a built TVM module for a target.
 
 Phases 2-6 are one ``tvm.transform.Sequential`` of named phases (each a ``Sequential`` of passes), run
-under a ``PassContext`` with two instruments: :class:`PhaseLog` (times and announces each phase, and
-dumps its IR to ``dump_dir/NN_<phase>.py``) and TVM's ``PassTimingInstrument`` (every pass's time,
+under a ``PassContext`` with two instruments: :class:`~tvm_passes.phases.PhaseLog` (times and
+announces each phase, and dumps its IR to ``dump_dir/NN_<phase>.py``) and TVM's ``PassTimingInstrument`` (every pass's time,
 :attr:`CompiledModel.pass_profile`). Phases:
 
 1. **import**: ``torch.export`` + ``from_exported_program``, parameters kept as inputs
@@ -24,8 +24,7 @@ dumps its IR to ``dump_dir/NN_<phase>.py``) and TVM's ``PassTimingInstrument`` (
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from .fold_batch_norm import FoldBatchNorm
 from .importer import import_model
 from .keep_dense import KeepDense
 from .lower_sparse_conv import KernelSource, LowerSparseConv
+from .phases import PhaseLog
 from .report import LayerReport, layer_reports
 from .schedule_dense_conv import ScheduleDenseConv
 from .tuning import ApplyTuningDatabase
@@ -87,56 +87,6 @@ class CompiledModel:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     stored_arrays: dict[str, np.ndarray] = field(default_factory=dict)
     pass_profile: str = ""
-
-
-@tvm.ir.instrument.pass_instrument
-class PhaseLog:
-    """Pass instrument of the pipeline's phases: times each, announces it, dumps its IR after it.
-
-    The phases are the named ``tvm.transform.Sequential`` of :func:`compile_model`; steps that are not
-    passes (the import, the build) go through :meth:`begin` and :meth:`end` directly, so every phase is
-    numbered, timed and dumped the same way (``dump_dir/NN_<phase>.py``). TVM's
-    ``PassTimingInstrument`` beside it profiles every pass inside the phases.
-
-    Parameters
-    ----------
-    phases : sequence of str
-        The names of the passes that are phases, in order.
-    dump_dir : Path, optional
-        Where the IR after each phase goes.
-    progress : callable, optional
-        Receives ``"phase N: <name>"`` as a phase starts.
-    """
-
-    def __init__(self, phases: Sequence[str], dump_dir: Path | None, progress: Callable[[str], None] | None):
-        self.phases = list(phases)
-        self.dump_dir = dump_dir
-        self.progress = progress
-        self.seconds: dict[str, float] = {}
-        self._started: dict[str, float] = {}
-        if dump_dir is not None:
-            dump_dir.mkdir(parents=True, exist_ok=True)
-
-    def begin(self, name: str) -> None:
-        """A phase starts."""
-        if self.progress:
-            self.progress(f"phase {self.phases.index(name) + 1}: {name}")
-        self._started[name] = time.perf_counter()
-
-    def end(self, name: str, mod: Any) -> None:
-        """A phase ended with ``mod`` (dumped when it is an IRModule)."""
-        self.seconds[name] = time.perf_counter() - self._started.pop(name)
-        if self.dump_dir is not None and isinstance(mod, tvm.IRModule):
-            number = self.phases.index(name) + 1
-            (self.dump_dir / f"{number:02d}_{name.replace(' ', '_')}.py").write_text(mod.script(show_meta=False))
-
-    def run_before_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
-        if info.name in self.phases:
-            self.begin(info.name)
-
-    def run_after_pass(self, mod: tvm.IRModule, info: tvm.transform.PassInfo) -> None:
-        if info.name in self.phases:
-            self.end(info.name, mod)
 
 
 def _layer_masks(masks: Mapping[str, torch.Tensor], schemes: Mapping[str, str]) -> dict[str, LayerMask]:
@@ -199,7 +149,7 @@ def compile_model(
         Where MetaSchedule measures the dense candidates when ``config.tune_trials`` > 0 (none: no
         dense tuning, the database is only applied).
     dump_dir : str or Path, optional
-        Directory receiving the IR after each phase (see :class:`PhaseLog`).
+        Directory receiving the IR after each phase (see :class:`~tvm_passes.phases.PhaseLog`).
     progress : callable, optional
         Called with a one-line message at the start of each phase.
 
@@ -237,7 +187,7 @@ def compile_model(
         # the dense convs it has no record for get the default schedule.
         tvm.transform.Sequential(
             [ApplyTuningDatabase(database, target, config.target, trials, progress, tuning_runner or "local")
-             if database is not None else tvm.transform.Sequential([]), ScheduleDenseConv()], name="tuning database"),
+             if database is not None else tvm.transform.Sequential([]), ScheduleDenseConv(spec)], name="tuning database"),
     ], name="mest.compile")
     with tvm.transform.PassContext(opt_level=2, instruments=[timing, log]):
         mod = phases(imported.mod)

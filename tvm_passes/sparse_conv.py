@@ -29,6 +29,9 @@ from tvm import relax
 #: Value of the ``Composite`` attribute of an annotated sparse convolution.
 COMPOSITE = "mest.sparse_conv2d"
 
+#: ``op_pattern`` value of an opaque PrimFunc (``tvm.relax.transform.OpPatternKind.kOpaque``).
+_OPAQUE = 8
+
 
 @dataclass(frozen=True)
 class SparseConvInfo:
@@ -98,6 +101,25 @@ def make_function(conv_attrs, x_ty, w_ty, info: SparseConvInfo) -> relax.Functio
             gv = bb.emit_output(relax.Call(tvm.ir.Op.get("relax.nn.conv2d"), [x, masked], conv_attrs))
         bb.emit_func_output(gv)
     return bb.get()["f"]
+
+
+def kernel_function(prim, name: str, fqn: str, scheme: str, nbytes: int, knobs: str) -> "tvm.tirx.PrimFunc":
+    """A scheduled sparse kernel as the lowering passes add it to a module.
+
+    Attributes: ``global_symbol`` ``name``, ``op_pattern`` opaque (fusion leaves it alone), and for the
+    report ``mest.fqn``, ``mest.scheme``, ``mest.kernel``, ``mest.bytes_stored``, ``mest.knobs``.
+    """
+    return prim.with_attrs(
+        {
+            "global_symbol": name,
+            "op_pattern": _OPAQUE,
+            "mest.fqn": fqn,
+            "mest.scheme": scheme,
+            "mest.kernel": scheme,
+            "mest.bytes_stored": int(nbytes),
+            "mest.knobs": knobs,
+        }
+    )
 
 
 def info_of(func) -> SparseConvInfo | None:

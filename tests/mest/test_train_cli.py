@@ -178,7 +178,7 @@ def _train_command(out: Path, backend: str) -> list[str]:
             "--out", str(out)]
 
 
-@pytest.mark.parametrize("backend", ["torch-mask", "tvm"])
+@pytest.mark.parametrize("backend", ["torch-mask", "tvm", "compiled"])
 def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, backend):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_train_command(tmp_path / "straight", backend), check=True, env=env, capture_output=True, timeout=300)
@@ -239,5 +239,5 @@ def test_a_layer_the_tvm_backend_cannot_hold_is_refused_before_the_data_loads(ca
     code, err = run_cli(FAST + ["--backend", "tvm", "--scheme", "irregular", "--profile", str(profile),
                                 "--dataset", "cifar10", "--data-dir", str(empty), "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith(f"error: the tvm backend cannot train {fqn} ({what})") and "--backend torch-mask" in err
+    assert err.startswith(f"error: the tvm and compiled backends cannot train {fqn} ({what})") and "--backend torch-mask" in err
     assert not (tmp_path / "run").exists()
