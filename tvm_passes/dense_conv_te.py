@@ -60,7 +60,8 @@ def phase_pad(x: te.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pa
     return te.compute(shape, value, name=PHASE_PAD)
 
 
-def conv2d_forward(x: te.Tensor, w: te.Tensor, stride: tuple[int, int], padding: tuple[int, int, int, int]) -> te.Tensor:
+def conv2d_forward(x: te.Tensor, w: te.Tensor, stride: tuple[int, int],
+                   padding: tuple[int, int, int, int]) -> te.Tensor:
     """``conv2d(x, w)``: NCHW input, OIHW weight, ``padding`` = (top, left, bottom, right)."""
     _, channels, height, width = (int(d) for d in x.shape)
     filters, _, kh, kw = (int(d) for d in w.shape)
@@ -132,10 +133,12 @@ def conv2d_grad_input(dy: te.Tensor, w: te.Tensor, stride: tuple[int, int], padd
 
     def tap(f, c, r_h, r_w, t, u):
         i, j = r_h + sh * t, r_w + sw * u
-        return te.if_then_else(tirx.all(i < kh, j < kw), w[f, c, tirx.min(i, kh - 1), tirx.min(j, kw - 1)], _zero(w.dtype))
+        inside = tirx.all(i < kh, j < kw)
+        return te.if_then_else(inside, w[f, c, tirx.min(i, kh - 1), tirx.min(j, kw - 1)], _zero(w.dtype))
 
     taps = te.compute((int(w.shape[0]), channels, rh, rw, th, tw), tap, name=GRAD_INPUT_TAPS)
-    rf, rt, ru = te.reduce_axis((0, int(w.shape[0])), "rf"), te.reduce_axis((0, th), "rt"), te.reduce_axis((0, tw), "ru")
+    rf = te.reduce_axis((0, int(w.shape[0])), "rf")
+    rt, ru = te.reduce_axis((0, th), "rt"), te.reduce_axis((0, tw), "ru")
 
     def class_sum(n, c, r_h, r_w, a, b):
         row, col = a + offset(r_h, pt, sh) - rt + th - 1, b + offset(r_w, pl, sw) - ru + tw - 1

@@ -2,9 +2,9 @@
 
 Where it runs: after ``LegalizeOps``/``FuseOps``/``FuseTIR`` and after ``MetaScheduleApplyDatabase``,
 next to :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`: it only touches PrimFuncs that
-are still unscheduled (neither mark of :data:`~tvm_passes.dense_schedule.SCHEDULED_MARKS`). A classifier ``linear`` imports as
-``matmul(x, permute_dims(W))``; its gradients are ``matmul(dy, W)`` and ``matmul(permute_dims(dy),
-x)``: all three are TOPI ``matmul`` blocks ``C[i, j] += A[i, k] * B[k, j]``.
+are still unscheduled (neither mark of :data:`~tvm_passes.dense_schedule.SCHEDULED_MARKS`). A
+classifier ``linear`` imports as ``matmul(x, permute_dims(W))``; its gradients are ``matmul(dy, W)``
+and ``matmul(permute_dims(dy), x)``: all three are TOPI ``matmul`` blocks ``C[i, j] += A[i, k] * B[k, j]``.
 
 What it does: a tile of ``rows x columns`` of ``C`` is accumulated in vector registers (``A``
 broadcast, ``B`` loaded along the columns, which are vectorised; sizes from
@@ -27,9 +27,9 @@ from devices.targets import TargetSpec
 
 from .dense_schedule import (
     FuncBlocks,
-    mark_scheduled,
     RegisterTile,
     block_name,
+    mark_scheduled,
     outer_product_tile,
     parallel_outer,
     schedule_unscheduled,

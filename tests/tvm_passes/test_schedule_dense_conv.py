@@ -105,7 +105,8 @@ def test_a_small_network_with_fused_epilogues_equals_pytorch_autograd():
     with bb.function("main", [rx, *rw]):
         with bb.dataflow():
             h = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(rx, rw[0], padding=1)))
-            s = relax.op.add(relax.op.nn.conv2d(h, rw[2], strides=2, padding=1), relax.op.nn.conv2d(h, rw[1], strides=2))
+            s = relax.op.add(relax.op.nn.conv2d(h, rw[2], strides=2, padding=1),
+                             relax.op.nn.conv2d(h, rw[1], strides=2))
             r = bb.emit(relax.op.nn.relu(s))
             loss = bb.emit_output(relax.op.sum(relax.op.multiply(r, r)))
         bb.emit_func_output(loss)
@@ -171,7 +172,8 @@ def test_function_without_conv_is_left_alone():
 
 
 def test_grouped_conv_is_left_alone():
-    before = legalized(one_op([("x", (2, 4, 6, 6)), ("w", (4, 2, 3, 3))], lambda x, w: relax.op.nn.conv2d(x, w, groups=2)))
+    mod = one_op([("x", (2, 4, 6, 6)), ("w", (4, 2, 3, 3))], lambda x, w: relax.op.nn.conv2d(x, w, groups=2))
+    before = legalized(mod)
     tvm.ir.assert_structural_equal(ScheduleDenseConv()(before), before)
 
 
@@ -179,7 +181,8 @@ def test_function_with_a_second_reduction_is_left_alone():
     x = te.placeholder((2, 3, 6, 6), name="x")
     w = te.placeholder((4, 3, 3, 3), name="w")
     rc, ry, rx = te.reduce_axis((0, 3)), te.reduce_axis((0, 3)), te.reduce_axis((0, 3))
-    conv = te.compute((2, 4, 4, 4), lambda n, f, y, z: te.sum(x[n, rc, y + ry, z + rx] * w[f, rc, ry, rx], axis=[rc, ry, rx]),
+    conv = te.compute((2, 4, 4, 4),
+                      lambda n, f, y, z: te.sum(x[n, rc, y + ry, z + rx] * w[f, rc, ry, rx], axis=[rc, ry, rx]),
                       name="conv2d_nchw")
     k = te.reduce_axis((0, 4))
     total = te.compute((2, 4, 4), lambda n, f, y: te.sum(conv[n, f, y, k], axis=k), name="row_sum")
