@@ -11,8 +11,10 @@ processes of its own, alternated round by round (:mod:`benchmarks.harness`):
   with one output each, ``linear``, ``matmul``, ``adaptive_avg_pool2d``), torch imported first;
 - ``pytorch-channels-last``: the same with every 4-d tensor in ``torch.channels_last``;
 - ``ours``: each op as the Relax a training step has for it (``Gradient``'s ``conv2d_transpose`` and
-  ``CNHW`` conv with its slice, ``matmul``), through ``LegalizeDenseConv``, ``LegalizeOps``,
-  ``FuseOps``/``FuseTIR`` and ``ScheduleDenseOps``, called through the Relax VM.
+  ``CNHW`` conv with its slice, ``matmul``), through the passes of
+  :class:`~tvm_passes.schedule_dense_ops.ScheduleDenseOps`'s docstring (``FuseTransposeMatmul``,
+  ``LegalizeDenseConv``, ``LegalizeOps``, ``FuseOps``/``FuseTIR``, ``ScheduleDenseOps``), called
+  through the Relax VM.
 
 Printed and written as JSON: per op its shapes, each variant's median (min-max over processes) and
 ``vs dense``, the faster PyTorch layout's median over ours (above 1: ours is faster); ours also
@@ -193,7 +195,8 @@ def ours(params: dict) -> Workload:
     from tvm_passes.schedule_dense_ops import ScheduleDenseOps  # noqa: PLC0415
 
     passes = tvm.transform.Sequential([
-        LegalizeDenseConv(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseTransposeMatmul(), LegalizeDenseConv(), relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseOps(), relax.transform.FuseTIR(), ScheduleDenseOps(params["target"]),
     ])
     steps, unscheduled = {}, {}

@@ -4,7 +4,10 @@ Where it runs: after ``LegalizeOps``/``FuseOps``/``FuseTIR`` and after ``MetaSch
 next to :class:`~tvm_passes.schedule_dense_conv.ScheduleDenseConv`: it only touches PrimFuncs that
 are still unscheduled (neither mark of :data:`~tvm_passes.dense_schedule.SCHEDULED_MARKS`). A
 classifier ``linear`` imports as ``matmul(x, permute_dims(W))``; its gradients are ``matmul(dy, W)``
-and ``matmul(permute_dims(dy), x)``: all three are TOPI ``matmul`` blocks ``C[i, j] += A[i, k] * B[k, j]``.
+and ``matmul(permute_dims(dy), x)``: all three are TOPI ``matmul`` blocks ``C[i, j] += A[i, k] *
+B[k, j]``, except that the forward is ``NT_matmul`` (``B[j, k]``) when ``FuseTransposeMatmul`` ran
+before ``LegalizeOps``: then ``B`` is first copied transposed (the classifier's 10 x 128 weight: 1280
+floats) inside the same function, which spares the step the call of a separate transpose.
 
 What it does: a tile of ``rows x columns`` of ``C`` is accumulated in vector registers (``A``
 broadcast, ``B`` loaded along the columns, which are vectorised; sizes from
@@ -49,7 +52,7 @@ def schedule_matmul(func: tirx.PrimFunc, tile: RegisterTile) -> tirx.PrimFunc | 
     """
     sch = s_tir.Schedule(func)
     blocks = FuncBlocks(sch)
-    if len(blocks.reductions) != 1 or not block_name(sch, blocks.reductions[0]).startswith("matmul"):
+    if len(blocks.reductions) != 1 or not block_name(sch, blocks.reductions[0]).startswith(("matmul", "NT_matmul")):
         return None
     matmul = blocks.reductions[0]
     kinds = [int(iv.iter_type) for iv in sch.get(matmul).iter_vars]
@@ -57,6 +60,9 @@ def schedule_matmul(func: tirx.PrimFunc, tile: RegisterTile) -> tirx.PrimFunc | 
     if kinds != [tirx.IterVar.DataPar, tirx.IterVar.DataPar, tirx.IterVar.CommReduce] or len(loops) != 3:
         return None
     epilogue = blocks.epilogue([matmul])
+    if block_name(sch, matmul).startswith("NT_matmul"):  # B[j, k]: a transposed copy makes it B[k, j]
+        transposed = sch.cache_read(matmul, 1, "global")
+        sch.transform_layout(transposed, ("write", 0), lambda j, k: (k, j))
     i, j, k = loops
     rows, columns = int(sch.get(i).extent), int(sch.get(j).extent)
     ri, _, cj = outer_product_tile(tile, rows, 1, columns)

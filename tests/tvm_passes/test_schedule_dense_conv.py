@@ -12,6 +12,7 @@ from tvm.script import relax as R
 
 from dense_helpers import assert_close, conv_reference, has_parallel_loop, legalized, one_op, prim_funcs, run
 from devices.targets import tvm_target
+from tvm_passes.dense_schedule import SCHEDULED_MARKS
 from tvm_passes.legalize_dense_conv import LegalizeDenseConv
 from tvm_passes.schedule_dense_conv import ScheduleDenseConv
 
@@ -34,7 +35,7 @@ def _scheduled(mod, threads):
     convs = {name: f for name, f in prim_funcs(after).items() if "conv" in name}
     assert convs, "no conv PrimFunc"
     for name, func in convs.items():
-        assert "tir.is_scheduled" in func.attrs, name
+        assert all(mark in func.attrs for mark in SCHEDULED_MARKS), name
         assert has_parallel_loop(func), name
     return after
 
@@ -159,10 +160,11 @@ def test_topi_conv_is_scheduled_and_computes_the_same():
     assert_close(run(after, [x, w, b]), ref)
 
 
-def test_already_scheduled_function_is_left_alone():
+@pytest.mark.parametrize("mark", SCHEDULED_MARKS)
+def test_already_scheduled_function_is_left_alone(mark):
     before = legalized(ConvBlock)
     name = next(iter(prim_funcs(before)))
-    before[name] = before[name].with_attr("tir.is_scheduled", True)
+    before[name] = before[name].with_attr(mark, True)
     tvm.ir.assert_structural_equal(ScheduleDenseConv()(before), before)
 
 
