@@ -44,7 +44,8 @@ def phase_pad(x: te.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pa
 
     ``i`` runs over ``min(kernel_h, s_h)`` phases and ``a`` over ``out_h + (kernel_h - 1) // s_h`` rows:
     exactly what a ``kernel``-tap, stride-``s`` conv producing ``out_size`` reads. When that is ``x``
-    itself (stride 1, no padding, no row or column left out), the stage is named :data:`IMAGE_VIEW`.
+    itself (stride 1, no padding, no row or column left out), the stage is named :data:`IMAGE_VIEW`;
+    when no index can fall outside ``x`` (a 1x1 stride-2 conv), the copy has no bounds test.
     """
     _, _, height, width = (int(d) for d in x.shape)
     (kh, kw), (sh, sw), (pt, pl), (oh, ow) = kernel, stride, pad_before, out_size
@@ -52,8 +53,13 @@ def phase_pad(x: te.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pa
     if (sh, sw, pt, pl) == (1, 1, 0, 0) and shape[4:] == (height, width):
         return te.compute(shape, lambda n, c, i, j, a, b: x[n, c, a, b], name=IMAGE_VIEW)
 
+    last_h, last_w = sh * (shape[4] - 1) + shape[2] - 1 - pt, sw * (shape[5] - 1) + shape[3] - 1 - pl
+    always_inside = pt == 0 and pl == 0 and last_h < height and last_w < width
+
     def value(n, c, i, j, a, b):
         h, w = sh * a + i - pt, sw * b + j - pl
+        if always_inside:
+            return x[n, c, h, w]
         inside = tirx.all(h >= 0, h < height, w >= 0, w < width)
         return te.if_then_else(inside, x[n, c, h, w], _zero(x.dtype))
 
