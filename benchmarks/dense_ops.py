@@ -11,8 +11,10 @@ processes of its own, alternated round by round (:mod:`benchmarks.harness`):
   with one output each, ``linear``, ``matmul``, ``adaptive_avg_pool2d``), torch imported first;
 - ``pytorch-channels-last``: the same with every 4-d tensor in ``torch.channels_last``;
 - ``ours``: each op as the Relax a training step has for it (``Gradient``'s ``conv2d_transpose`` and
-  ``CNHW`` conv with its slice, ``matmul``), through ``LegalizeDenseConv``, ``LegalizeOps``,
-  ``FuseOps``/``FuseTIR`` and ``ScheduleDenseOps``, called through the Relax VM.
+  ``CNHW`` conv with its slice, ``matmul``), through the passes of
+  :class:`~tvm_passes.schedule_dense_ops.ScheduleDenseOps`'s docstring (``FuseTransposeMatmul``,
+  ``LegalizeDenseConv``, ``LegalizeOps``, ``FuseOps``/``FuseTIR``, ``ScheduleDenseOps``), called
+  through the Relax VM.
 
 Printed and written as JSON: per op its shapes, each variant's median (min-max over processes) and
 ``vs dense``, the faster PyTorch layout's median over ours (above 1: ours is faster); ours also
@@ -135,7 +137,8 @@ def pytorch_ops(params: dict) -> Workload:
                               "grad_weight": lambda dy=dy, x=x: dy.t() @ x}[op.direction]
             continue
         if op.direction == "forward":
-            steps[op.name] = lambda x=x, w=w, op=op: torch.nn.functional.conv2d(x, w, stride=op.stride, padding=op.padding)
+            steps[op.name] = lambda x=x, w=w, op=op: torch.nn.functional.conv2d(x, w, stride=op.stride,
+                                                                                padding=op.padding)
         else:
             mask = [op.direction == "grad_input", op.direction == "grad_weight", False]
             steps[op.name] = lambda x=x, w=w, dy=dy, op=op, mask=mask: torch.ops.aten.convolution_backward(
@@ -158,7 +161,8 @@ def _relax_op(op: DenseOp):
             "grad_weight": ([op.y_shape[::-1], op.x_shape], relax.op.matmul),  # dy^T, as permute_dims(dy) gives it
         }[op.direction]
     elif op.direction == "forward":
-        inputs, body = [op.x_shape, op.w_shape], lambda x, w: relax.op.nn.conv2d(x, w, strides=op.stride, padding=op.padding)
+        inputs, body = [op.x_shape, op.w_shape], (
+            lambda x, w: relax.op.nn.conv2d(x, w, strides=op.stride, padding=op.padding))
     elif op.direction == "grad_input":
         out_padding = op.x_shape[2] + 2 * op.padding - op.w_shape[2] - (op.y_shape[2] - 1) * op.stride
         inputs, body = [op.y_shape, op.w_shape], lambda dy, w: relax.op.nn.conv2d_transpose(
@@ -191,7 +195,8 @@ def ours(params: dict) -> Workload:
     from tvm_passes.schedule_dense_ops import ScheduleDenseOps  # noqa: PLC0415
 
     passes = tvm.transform.Sequential([
-        LegalizeDenseConv(), relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseTransposeMatmul(), LegalizeDenseConv(), relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
         relax.transform.FuseOps(), relax.transform.FuseTIR(), ScheduleDenseOps(params["target"]),
     ])
     steps, unscheduled = {}, {}
@@ -245,7 +250,8 @@ def _table(rows: list[dict]) -> str:
 def build_parser() -> CommandParser:
     """The command's arguments."""
     parser = CommandParser(prog="python -m benchmarks.dense_ops", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet32", choices=list(MODEL_NAMES), help="model whose dense ops are measured")
+    parser.add_argument("--model", default="resnet32", choices=list(MODEL_NAMES),
+                        help="model whose dense ops are measured")
     parser.add_argument("--batch", type=at_least(1), default=64, help="images per call")
     parser.add_argument("--image-size", type=at_least(4), default=32, help="height and width of the images")
     parser.add_argument("--target", default="host", help="target of our ops; they run here, so this machine's")

@@ -44,7 +44,8 @@ def phase_pad(x: te.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pa
 
     ``i`` runs over ``min(kernel_h, s_h)`` phases and ``a`` over ``out_h + (kernel_h - 1) // s_h`` rows:
     exactly what a ``kernel``-tap, stride-``s`` conv producing ``out_size`` reads. When that is ``x``
-    itself (stride 1, no padding, no row or column left out), the stage is named :data:`IMAGE_VIEW`.
+    itself (stride 1, no padding, no row or column left out), the stage is named :data:`IMAGE_VIEW`;
+    when no index can fall outside ``x`` (a 1x1 stride-2 conv), the copy has no bounds test.
     """
     _, _, height, width = (int(d) for d in x.shape)
     (kh, kw), (sh, sw), (pt, pl), (oh, ow) = kernel, stride, pad_before, out_size
@@ -52,15 +53,21 @@ def phase_pad(x: te.Tensor, kernel: tuple[int, int], stride: tuple[int, int], pa
     if (sh, sw, pt, pl) == (1, 1, 0, 0) and shape[4:] == (height, width):
         return te.compute(shape, lambda n, c, i, j, a, b: x[n, c, a, b], name=IMAGE_VIEW)
 
+    last_h, last_w = sh * (shape[4] - 1) + shape[2] - 1 - pt, sw * (shape[5] - 1) + shape[3] - 1 - pl
+    always_inside = pt == 0 and pl == 0 and last_h < height and last_w < width
+
     def value(n, c, i, j, a, b):
         h, w = sh * a + i - pt, sw * b + j - pl
+        if always_inside:
+            return x[n, c, h, w]
         inside = tirx.all(h >= 0, h < height, w >= 0, w < width)
         return te.if_then_else(inside, x[n, c, h, w], _zero(x.dtype))
 
     return te.compute(shape, value, name=PHASE_PAD)
 
 
-def conv2d_forward(x: te.Tensor, w: te.Tensor, stride: tuple[int, int], padding: tuple[int, int, int, int]) -> te.Tensor:
+def conv2d_forward(x: te.Tensor, w: te.Tensor, stride: tuple[int, int],
+                   padding: tuple[int, int, int, int]) -> te.Tensor:
     """``conv2d(x, w)``: NCHW input, OIHW weight, ``padding`` = (top, left, bottom, right)."""
     _, channels, height, width = (int(d) for d in x.shape)
     filters, _, kh, kw = (int(d) for d in w.shape)
@@ -132,10 +139,12 @@ def conv2d_grad_input(dy: te.Tensor, w: te.Tensor, stride: tuple[int, int], padd
 
     def tap(f, c, r_h, r_w, t, u):
         i, j = r_h + sh * t, r_w + sw * u
-        return te.if_then_else(tirx.all(i < kh, j < kw), w[f, c, tirx.min(i, kh - 1), tirx.min(j, kw - 1)], _zero(w.dtype))
+        inside = tirx.all(i < kh, j < kw)
+        return te.if_then_else(inside, w[f, c, tirx.min(i, kh - 1), tirx.min(j, kw - 1)], _zero(w.dtype))
 
     taps = te.compute((int(w.shape[0]), channels, rh, rw, th, tw), tap, name=GRAD_INPUT_TAPS)
-    rf, rt, ru = te.reduce_axis((0, int(w.shape[0])), "rf"), te.reduce_axis((0, th), "rt"), te.reduce_axis((0, tw), "ru")
+    rf = te.reduce_axis((0, int(w.shape[0])), "rf")
+    rt, ru = te.reduce_axis((0, th), "rt"), te.reduce_axis((0, tw), "ru")
 
     def class_sum(n, c, r_h, r_w, a, b):
         row, col = a + offset(r_h, pt, sh) - rt + th - 1, b + offset(r_w, pl, sw) - ru + tw - 1

@@ -5,6 +5,7 @@ tuning database is applied (``MetaScheduleApplyDatabase``), before ``tvm.compile
 :class:`~tvm_passes.legalize_dense_conv.LegalizeDenseConv` run before ``LegalizeOps``. A compiled
 training step's dense part is then::
 
+    FuseTransposeMatmul()          # Relax's: the classifier's x @ W^T as one NT_matmul
     LegalizeDenseConv()            # before LegalizeOps (after Gradient and the sparse lowering)
     LegalizeOps(), AnnotateTIROpPattern(), FuseOps(), FuseTIR()
     <apply the tuning database>    # its records win: what it schedules is skipped below

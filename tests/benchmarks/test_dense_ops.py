@@ -30,6 +30,5 @@ def test_each_op_against_pytorch_in_processes_of_their_own(run_benchmark):
         assert record["ours"]["median_s"] > 0 and record["vs_dense"] > 0
     (ours,) = [v for v in payload["variants"] if v["name"] == "ours"]
     unscheduled = ours["processes"][0]["info"]["unscheduled_functions"]
-    assert all(not names for op, names in unscheduled.items() if op != "linear forward")
-    assert unscheduled["linear forward"] == ["transpose"]
+    assert not any(unscheduled.values())
     assert "| op | x / w / y shapes |" in completed.stdout

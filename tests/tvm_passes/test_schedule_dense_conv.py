@@ -12,6 +12,7 @@ from tvm.script import relax as R
 
 from dense_helpers import assert_close, conv_reference, has_parallel_loop, legalized, one_op, prim_funcs, run
 from devices.targets import tvm_target
+from tvm_passes.dense_schedule import SCHEDULED_MARKS
 from tvm_passes.legalize_dense_conv import LegalizeDenseConv
 from tvm_passes.schedule_dense_conv import ScheduleDenseConv
 
@@ -34,7 +35,7 @@ def _scheduled(mod, threads):
     convs = {name: f for name, f in prim_funcs(after).items() if "conv" in name}
     assert convs, "no conv PrimFunc"
     for name, func in convs.items():
-        assert "tir.is_scheduled" in func.attrs, name
+        assert all(mark in func.attrs for mark in SCHEDULED_MARKS), name
         assert has_parallel_loop(func), name
     return after
 
@@ -105,7 +106,8 @@ def test_a_small_network_with_fused_epilogues_equals_pytorch_autograd():
     with bb.function("main", [rx, *rw]):
         with bb.dataflow():
             h = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(rx, rw[0], padding=1)))
-            s = relax.op.add(relax.op.nn.conv2d(h, rw[2], strides=2, padding=1), relax.op.nn.conv2d(h, rw[1], strides=2))
+            s = relax.op.add(relax.op.nn.conv2d(h, rw[2], strides=2, padding=1),
+                             relax.op.nn.conv2d(h, rw[1], strides=2))
             r = bb.emit(relax.op.nn.relu(s))
             loss = bb.emit_output(relax.op.sum(relax.op.multiply(r, r)))
         bb.emit_func_output(loss)
@@ -158,10 +160,11 @@ def test_topi_conv_is_scheduled_and_computes_the_same():
     assert_close(run(after, [x, w, b]), ref)
 
 
-def test_already_scheduled_function_is_left_alone():
+@pytest.mark.parametrize("mark", SCHEDULED_MARKS)
+def test_already_scheduled_function_is_left_alone(mark):
     before = legalized(ConvBlock)
     name = next(iter(prim_funcs(before)))
-    before[name] = before[name].with_attr("tir.is_scheduled", True)
+    before[name] = before[name].with_attr(mark, True)
     tvm.ir.assert_structural_equal(ScheduleDenseConv()(before), before)
 
 
@@ -171,7 +174,8 @@ def test_function_without_conv_is_left_alone():
 
 
 def test_grouped_conv_is_left_alone():
-    before = legalized(one_op([("x", (2, 4, 6, 6)), ("w", (4, 2, 3, 3))], lambda x, w: relax.op.nn.conv2d(x, w, groups=2)))
+    mod = one_op([("x", (2, 4, 6, 6)), ("w", (4, 2, 3, 3))], lambda x, w: relax.op.nn.conv2d(x, w, groups=2))
+    before = legalized(mod)
     tvm.ir.assert_structural_equal(ScheduleDenseConv()(before), before)
 
 
@@ -179,7 +183,8 @@ def test_function_with_a_second_reduction_is_left_alone():
     x = te.placeholder((2, 3, 6, 6), name="x")
     w = te.placeholder((4, 3, 3, 3), name="w")
     rc, ry, rx = te.reduce_axis((0, 3)), te.reduce_axis((0, 3)), te.reduce_axis((0, 3))
-    conv = te.compute((2, 4, 4, 4), lambda n, f, y, z: te.sum(x[n, rc, y + ry, z + rx] * w[f, rc, ry, rx], axis=[rc, ry, rx]),
+    conv = te.compute((2, 4, 4, 4),
+                      lambda n, f, y, z: te.sum(x[n, rc, y + ry, z + rx] * w[f, rc, ry, rx], axis=[rc, ry, rx]),
                       name="conv2d_nchw")
     k = te.reduce_axis((0, 4))
     total = te.compute((2, 4, 4), lambda n, f, y: te.sum(conv[n, f, y, k], axis=k), name="row_sum")

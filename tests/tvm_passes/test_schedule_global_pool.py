@@ -34,7 +34,8 @@ def test_a_max_over_innermost_axes_is_left_alone():
 
 def test_dense_ops_leave_the_rest_to_dlight():
     """ScheduleDenseOps: the pool gets our schedule, a BN-statistics mean dlight's."""
-    mod = one_op([("x", (4, 6, 5, 5))], lambda x: relax.op.add(relax.op.mean(x, axis=[2, 3]), relax.op.mean(x, axis=[0, 2, 3])))
+    mod = one_op([("x", (4, 6, 5, 5))],
+                 lambda x: relax.op.add(relax.op.mean(x, axis=[2, 3]), relax.op.mean(x, axis=[0, 2, 3])))
     after = ScheduleDenseOps()(legalized(mod))
     funcs = prim_funcs(after)
     assert len(funcs) == 2 and all("tirx.is_scheduled" in f.attrs for f in funcs.values())
