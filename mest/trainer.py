@@ -4,7 +4,8 @@ Per run: build the model (reference init), prune it once to the profile's densit
 remove the unforgettable examples at the removal epoch, mutate the sparse layers at a mutation epoch,
 train (forward, loss, backward, ``grad *= mask``, SGD step, ``weight *= mask``; forgetting statistics
 from the same forward pass; with the ``compiled`` backend the whole step is one built TVM function,
-:mod:`mest.compiled`), step the cosine LR, evaluate, write metrics and an atomic checkpoint.
+:mod:`mest.compiled`, on the host or on a device through a session), step the cosine LR, evaluate, write
+metrics and an atomic checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,9 @@ from mest.forgetting import (ForgettingStats, check_ranking, check_remove_count,
                              unforgettable)
 from mest.models import build_model
 from mest.sparsity import SparseState, check_profile, default_profile, read_profile
+
+if TYPE_CHECKING:
+    from devices.sessions import Session
 
 METRICS_NAME = "metrics.jsonl"
 RANKING_NAME = "forgetting_ranking.json"
@@ -108,7 +113,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: Path, dataset: Dataset | None = None,
                  progress: bool = True, checkpoint: Checkpoint | None = None, world: World | None = None,
-                 session=None) -> None:
+                 session: Session | None = None) -> None:
         if session is not None and config.backend != "compiled":
             raise ConfigError(f"training on a device runs the compiled backend, not {config.backend}")
         self.config = config
@@ -177,7 +182,7 @@ class Trainer:
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True,
-               world: World | None = None, session=None) -> "Trainer":
+               world: World | None = None, session: Session | None = None) -> "Trainer":
         """A trainer in the state a checkpoint recorded, writing into the checkpoint's directory."""
         return cls(checkpoint.config, checkpoint.path.parent, dataset=dataset, progress=progress,
                    checkpoint=checkpoint, world=world, session=session)
