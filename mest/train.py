@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(config, out_dir, progress=not args.no_progress, world=world, session=session)
             _say(world, f"training {config.model} on {config.dataset}: {config.scheme} sparsity {config.sparsity:g}, "
                  f"schedule {config.schedule}, {config.epochs} epochs -> {out_dir}{where}")
-        return _train(trainer, args)
+        return _train(trainer, device)
 
 
 def _device(args: argparse.Namespace, world: World) -> tuple[str, str] | None:
@@ -223,17 +223,18 @@ def _say(world: World, line: str) -> None:
         print(line, flush=True)
 
 
-def _train(trainer: Trainer, args: argparse.Namespace) -> int:
-    """Run the trainer to the end and print the run's summary (on rank 0)."""
+def _train(trainer: Trainer, device: tuple[str, str] | None = None) -> int:
+    """Run the trainer to the end and print the run's summary (on rank 0); ``device`` is the
+    ``(target, session kind)`` it trains on, if any."""
     from devices.errors import DeviceError
 
     try:
         final = trainer.run()
     except DeviceError as err:  # the device died (or timed out): the last checkpoint is whole
-        checkpoint = trainer.out_dir / CHECKPOINT_NAME
-        hint = (f"the checkpoint of epoch {trainer.epoch} in {trainer.out_dir} is intact: continue with "
-                f"python -m mest.train --resume {trainer.out_dir} --device {args.device} --session {args.session or 'emulator'}"
-                if checkpoint.exists() else "no checkpoint was written yet: start the run again")
+        resume = f" --device {device[0]} --session {device[1]}" if device is not None else ""
+        hint = (f"the last checkpoint in {trainer.out_dir} is intact: continue with "
+                f"python -m mest.train --resume {trainer.out_dir}{resume}"
+                if (trainer.out_dir / CHECKPOINT_NAME).exists() else "no checkpoint was written yet: start the run again")
         raise DeviceError(f"{err}; {hint}") from None
     if not trainer.world.is_main:
         return 0
