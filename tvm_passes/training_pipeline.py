@@ -26,7 +26,8 @@ Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
    batch-norm statistics (:class:`~tvm_passes.schedule_channel_reduction.ScheduleChannelReduction`),
    :class:`~tvm_passes.schedule_dense_ops.ScheduleDenseOps` (dense convs, classifier, pool, dlight's
    CPU reductions) and the element-wise rest (:class:`~tvm_passes.schedule_elementwise.ScheduleElementwise`);
-9. **build** for the target of the ``devices`` table.
+9. **build** for the target of the ``devices`` table; the VM's planned activation workspace is measured
+   on the way (:func:`planned_workspace_bytes`).
 """
 
 from __future__ import annotations
