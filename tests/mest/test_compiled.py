@@ -124,12 +124,28 @@ def _assert_close_state(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def host_and_device(odd_digits, tmp_path_factory, request):
+def host_run(odd_digits, tmp_path_factory):
+    """Two epochs of CONFIG on the host's compiled step."""
+    return _two_epochs(odd_digits, tmp_path_factory.mktemp("host"))
+
+
+@pytest.fixture(scope="module")
+def host_and_device(host_run, odd_digits, tmp_path_factory, request):
     """The same two epochs on the host's compiled step and on the emulated arm64 device."""
     request.getfixturevalue("require_target_tools")("arm64")
     session = request.getfixturevalue("arm64_emulator_session")
-    root = tmp_path_factory.mktemp("device")
-    return _two_epochs(odd_digits, root / "host"), _two_epochs(odd_digits, root / "device", session), session
+    return host_run, _two_epochs(odd_digits, tmp_path_factory.mktemp("device"), session), session
+
+
+def test_a_device_over_a_socket_runs_the_same_module_bit_for_bit(host_run, odd_digits, loopback_rpc_session, tmp_path):
+    (_, host, host_after_1) = host_run
+    trainer = Trainer(CONFIG, tmp_path, dataset=odd_digits, progress=False, session=loopback_rpc_session)
+    metrics = trainer.run_epoch()  # an x86 RPC server: the host's module, run through the session
+    assert trainer.compiled.session is loopback_rpc_session and not metrics["device"]["emulated"]
+    assert metrics["train_loss"] == host[0][0]["train_loss"] and metrics["test_loss"] == host[0][0]["test_loss"]
+    expected, got = load_checkpoint(host_after_1), load_checkpoint(tmp_path)
+    for key, value in expected.model_state.items():
+        assert torch.equal(got.model_state[key], value), key
 
 
 def test_training_on_the_emulated_arm64_device_matches_the_host(host_and_device):
