@@ -127,8 +127,8 @@ class RunnerSession(Session):
     def describe(self) -> str:
         return f"emulator session ({self.target.name}, kernel runner under {self.target.qemu})"
 
-    def _load_runtime_module(self, lib: Any, name: str) -> Path:
-        return self._export(lib, name)
+    def _load_library_file(self, path: Path) -> Path:
+        return path  # each call runs the runner on the library
 
     def load(self, lib: Any, name: str = "kernels") -> LoadedModule:
         """Export ``lib`` for the target; its functions run in the kernel runner.
@@ -147,8 +147,11 @@ class RunnerSession(Session):
         """
         return _RunnerModule(self, self._load_runtime_module(lib, name))
 
-    def run_relax(self, module: LoadedModule, inputs: list[np.ndarray],
-                  func_name: str = "main", timeout_s: float | None = None) -> list[np.ndarray]:
+    def load_library(self, path: str | Path) -> LoadedModule:
+        """A library already exported for the target, whose kernels run in the kernel runner."""
+        return _RunnerModule(self, self._load_library_file(Path(path)))
+
+    def relax_vm(self, module: LoadedModule) -> Any:
         """Refuse: a Relax VM needs a TVM runtime, and there is none for this target."""
         raise DeviceError(
             f"{self.describe()} runs TIR kernels only: a Relax VM needs a TVM runtime, which "

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -110,8 +111,7 @@ class SocketSession(Session):
                   if conn.fd in (self._sockets or ())]
         return bool(states) and all(state == psutil.CONN_ESTABLISHED for state in states)
 
-    def _load_runtime_module(self, lib: Any, name: str) -> Any:
-        path = self._export(lib, name)
+    def _load_library_file(self, path: Path) -> Any:
         connection = self._connection()
         with self.guard(f"upload of {path.name}"):
             connection.upload(str(path))
@@ -279,11 +279,10 @@ class EmulatorSession(Session):
     def _peer_gone(self, err: BaseException) -> bool:
         return any(not _running(pid) for pid in self._qemu_pids) or super()._peer_gone(err)
 
-    def _load_runtime_module(self, lib: Any, name: str) -> Any:
+    def _load_library_file(self, path: Path) -> Any:
         # A pipe session has no work directory to upload to; qemu shares this file system.
-        path = self._export(lib, name)
         with self.guard(f"load of {path.name}"):
-            return self._rpc.get_function("ffi.ModuleLoadFromFile")(str(path))
+            return self._rpc.get_function("ffi.ModuleLoadFromFile")(str(path.resolve()))
 
     def _release(self) -> None:
         self._rpc = None

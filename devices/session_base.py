@@ -108,9 +108,13 @@ class Session(abc.ABC):
         """One line naming the session, for messages."""
         return f"{self.kind} session ({self.target.name})"
 
-    @abc.abstractmethod
     def _load_runtime_module(self, lib: Any, name: str) -> Any:
         """Export / upload ``lib`` as the session needs and return its runtime module."""
+        return self._load_library_file(self._export(lib, name))
+
+    @abc.abstractmethod
+    def _load_library_file(self, path: Path) -> Any:
+        """Load an exported library (built for :attr:`target`) on the device; its runtime module."""
 
     def _abort(self) -> None:
         """Cut the connection so that a blocked call returns (called from the watchdog thread)."""
@@ -215,6 +219,53 @@ class Session(abc.ABC):
         """
         return LoadedModule(self, self._load_runtime_module(lib, name))
 
+    def load_library(self, path: str | Path) -> LoadedModule:
+        """Load a library already exported for :attr:`target` (cross-linked for ARM) on the device.
+
+        Parameters
+        ----------
+        path : str or Path
+            The ``.so`` (e.g. a cached training step of :mod:`tvm_passes.training_cache`).
+
+        Returns
+        -------
+        LoadedModule
+        """
+        return LoadedModule(self, self._load_library_file(Path(path)))
+
+    def relax_vm(self, module: LoadedModule) -> tvm.relax.VirtualMachine:
+        """A Relax VM of a loaded executable on this session's device (call it with :meth:`call_relax`)."""
+        with self.guard("start of the Relax VM"):
+            return tvm.relax.VirtualMachine(module.module, self.device)
+
+    def call_relax(self, vm: tvm.relax.VirtualMachine, func_name: str, args: list[Any],
+                   timeout_s: float | None = None) -> list[Any]:
+        """Call a Relax function with tensors of this session; its outputs stay on the device.
+
+        Goes through the VM's stateful interface (``set_input``, ``invoke_stateful``,
+        ``get_outputs``), which works over RPC, where a returned tuple is not iterable here.
+
+        Parameters
+        ----------
+        vm : tvm.relax.VirtualMachine
+            From :meth:`relax_vm`.
+        func_name : str
+            The Relax function.
+        args : list of tvm.runtime.Tensor
+            Its arguments, in order (made by :meth:`array`, or outputs of an earlier call).
+        timeout_s : float, optional
+            Timeout of the call (default :attr:`call_timeout_s`).
+
+        Returns
+        -------
+        list of tvm.runtime.Tensor
+            The outputs on the device, nested tuples flattened in order.
+        """
+        with self.guard(f"Relax VM run of {func_name}", timeout_s):
+            vm.set_input(func_name, *args)
+            vm.invoke_stateful(func_name)
+            return _flatten(vm.get_outputs(func_name))
+
     def _export(self, lib: Any, name: str) -> Path:
         # Each export gets a file of its own: a library loaded before may be mapped by the loader
         # still (dlopen of the same path returns it), and rewriting it in place crashes the server.
@@ -303,12 +354,9 @@ class Session(abc.ABC):
         list of numpy.ndarray
             The outputs, nested tuples flattened in order.
         """
-        with self.guard(f"Relax VM run of {func_name}", timeout_s):
-            vm = tvm.relax.VirtualMachine(module.module, self.device)
-            vm.set_input(func_name, *[self.array(value) for value in inputs])
-            vm.invoke_stateful(func_name)
-            outputs = vm.get_outputs(func_name)
-            return [tensor.numpy() for tensor in _flatten(outputs)]
+        vm = self.relax_vm(module)
+        outputs = self.call_relax(vm, func_name, [self.array(value) for value in inputs], timeout_s)
+        return [self.numpy(tensor) for tensor in outputs]
 
     def close(self) -> None:
         """Close the connection, stop what the session started, delete its files; idempotent."""
@@ -388,3 +436,6 @@ class LocalSession(Session):
 
     def _load_runtime_module(self, lib: Any, name: str) -> Any:
         return lib.jit() if isinstance(lib, tvm.runtime.Executable) else lib
+
+    def _load_library_file(self, path: Path) -> Any:
+        return tvm.runtime.load_module(str(path))

@@ -4,7 +4,8 @@
 
 - ``"local"``: this process, the host target.
 - ``"rpc"``: a TVM RPC server; by default one started for the session on 127.0.0.1 (own process
-  group, free port, stopped on close); ``address=(host, port)`` connects to a running one.
+  group, free port, stopped on close); ``address=(host, port)``, or the kind ``"rpc:HOST:PORT"``,
+  connects to a running one (e.g. ``python -m devices.serve`` on a board).
 - ``"tracker:HOST:PORT:KEY"``: a device registered with a user's tracker under KEY (a fleet of
   phones or boards); ``target`` says what it is (e.g. ``"arm64"``).
 - ``"emulator"``: ``arm64`` runs our RPC server under qemu-aarch64 (a pipe session);
@@ -29,10 +30,28 @@ from .fleet import Fleet
 from .session_base import DEFAULT_CALL_TIMEOUT_S, GuardedFunction, LoadedModule, LocalSession, Session, one_line
 from .targets import TargetSpec, get_target
 
-__all__ = ["SESSION_KINDS", "Fleet", "GuardedFunction", "LoadedModule", "LocalSession", "Session", "one_line",
-           "open_fleet", "open_session"]
+__all__ = ["SESSION_KINDS", "Fleet", "GuardedFunction", "LoadedModule", "LocalSession", "Session",
+           "default_session_kind", "one_line", "open_fleet", "open_session"]
 
-SESSION_KINDS = ("local", "rpc", "tracker:HOST:PORT:KEY", "emulator")
+SESSION_KINDS = ("local", "rpc", "rpc:HOST:PORT", "tracker:HOST:PORT:KEY", "emulator")
+
+
+def default_session_kind(target: str | TargetSpec) -> str | None:
+    """The session a target runs on when none is given: ``local`` for the host, the emulator for an
+    emulated ARM target whose tools are installed, else None."""
+    spec = get_target(target)
+    if spec.is_host:
+        return "local"
+    if spec.emulation is not None and not spec.missing_tools(need_qemu=True):
+        return "emulator"
+    return None
+
+
+def _parse_rpc_kind(kind: str) -> tuple[str, int]:
+    parts = kind.split(":")
+    if len(parts) != 3 or not parts[1] or not parts[2].isdigit():
+        raise DeviceError(f"session kind {kind!r} must be rpc:HOST:PORT")
+    return parts[1], int(parts[2])
 
 
 def _parse_tracker_kind(kind: str) -> tuple[str, int, str]:
@@ -48,7 +67,7 @@ def open_session(kind: str, target: str | TargetSpec = "host", **options: Any) -
     Parameters
     ----------
     kind : str
-        ``"local"``, ``"rpc"``, ``"tracker:HOST:PORT:KEY"`` or ``"emulator"``.
+        ``"local"``, ``"rpc"``, ``"rpc:HOST:PORT"``, ``"tracker:HOST:PORT:KEY"`` or ``"emulator"``.
     target : str or TargetSpec
         Name from the target table (``"host"``, ``"x86"``, ``"arm64"``/``"arm"``, ``"armv7"``).
     **options
@@ -76,6 +95,8 @@ def open_session(kind: str, target: str | TargetSpec = "host", **options: Any) -
         opener, fixed = LocalSession, (spec, call_timeout_s)
     elif kind == "rpc":
         opener, fixed = remote.open_rpc_session, (spec, call_timeout_s)
+    elif kind.startswith("rpc:"):
+        opener, fixed = remote.open_rpc_session, (spec, call_timeout_s, _parse_rpc_kind(kind))
     elif kind.startswith("tracker:"):
         opener, fixed = remote.open_tracker_session, (spec, call_timeout_s,
                                                       *_parse_tracker_kind(kind))

@@ -43,7 +43,7 @@ def _parser() -> ArgumentParser:
                         "N MetaSchedule trials over the dense operators (default 0: use the database as is; "
                         "give MetaSchedule hundreds, a few dozen do worse than the default conv schedule)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: <run dir>/compiled-<target>)")
-    parser.add_argument("--session", help="local | rpc | emulator | tracker:HOST:PORT:KEY (default: local on x86, "
+    parser.add_argument("--session", help="local | rpc | rpc:HOST:PORT | emulator | tracker:HOST:PORT:KEY (default: local on x86, "
                         "the emulator for ARM when qemu is installed)")
     parser.add_argument("--batch", type=int, default=1, help="static batch size of the compiled module (default 1)")
     parser.add_argument("--dump-ir", metavar="DIR", help="write the IR after each phase into DIR (default: none)")
@@ -75,15 +75,6 @@ def _print_report(report: dict) -> None:
         print(f"check: {report['check']}")
 
 
-def _default_session(spec) -> str | None:
-    """``local`` on the host; the emulator for ARM when qemu is installed; none otherwise."""
-    if spec.is_host:
-        return "local"
-    if spec.emulation is not None and not spec.missing_tools(need_qemu=True):
-        return "emulator"
-    return None
-
-
 def _dense_runner(session_kind: str):
     """MetaSchedule runner measuring dense candidates where the session's device is."""
     if session_kind.startswith("tracker:"):
@@ -101,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from devices.files import atomic_write_bytes
-    from devices.sessions import open_session
+    from devices.sessions import default_session_kind, open_session
     from devices.targets import EMULATION_RPC, export_library, get_target, tvm_target
     from mest.checkpoint import load_checkpoint, model_from_checkpoint
     from schedules.database import TuningDatabase
@@ -113,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     spec = get_target(args.target)
-    session_kind = args.session or _default_session(spec)
+    session_kind = args.session or default_session_kind(spec)
     spec.require_tools(need_qemu=session_kind == "emulator")
     if args.trials < 0 or args.batch < 1:
         raise ValueError("--trials must be >= 0 and --batch >= 1")
-    if args.trials and not (session_kind in ("local", "rpc") or (session_kind or "").startswith("tracker:")):
+    if args.trials and not (session_kind in ("local", "rpc") or (session_kind or "").startswith(("tracker:", "rpc:"))):
         raise ValueError(
             f"tuning for {spec.name} needs a device that measures real speed: --session tracker:HOST:PORT:KEY "
             "(emulated timings are no speed)"

@@ -6,6 +6,12 @@ Examples
 ``python -m mest.train --preset resnet32-cifar10-ems-90 --data-dir ~/cifar-10-batches-py --scheme pattern``,
 ``python -m mest.train --resume runs/resnet20-digits-ems-90``.
 
+``python -m mest.train --device arm64 --session emulator`` (or ``rpc:HOST:PORT``,
+``tracker:HOST:PORT:KEY``) trains on a device: the compiled step is built for its target, loaded there
+through a TVM RPC session, and the state stays there (:mod:`mest.compiled`); the device needs only the
+TVM runtime. ``--resume DIR --device ...`` continues any checkpoint there; one written on a device
+resumes here, and the other way round. Under the emulator, times are no speed.
+
 A run locks its directory for its whole life (:mod:`mest.rundir`): a second ``mest.train`` on the
 same ``--out``, or a ``--resume`` of a running run, is refused; so is resuming a finished run.
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -80,6 +87,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--resume", type=Path, help="continue the run in this checkpoint or run directory "
                         "(default: none, a new run)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    parser.add_argument("--device", metavar="TARGET",
+                        help="train on a device of this target (arm64, armv7, x86, host) with the compiled backend, "
+                        "the state resident there: implies --backend compiled, refuses another (default: none, "
+                        "this process)")
+    parser.add_argument("--session", metavar="KIND",
+                        help="how to reach the --device: emulator | rpc:HOST:PORT | tracker:HOST:PORT:KEY | local "
+                        "(default: the emulator for arm64 when qemu is installed, local for the host); armv7's "
+                        "emulator is a kernel runner (python -m mest.compile --target armv7), it cannot train")
     parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                         help="under torchrun: how long a rank waits for the others, at start-up and in every "
                         f"exchange, before it fails (default {DEFAULT_TIMEOUT_S:g})")
@@ -116,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.decay_epochs is not None:
         overrides["decay_epochs"] = args.decay_epochs
     world = World.from_env()
+    device = _device(args, world)
+    if device is not None and args.resume is None:
+        if args.backend not in (None, "compiled"):
+            raise ConfigError(f"--device trains with the compiled backend; drop --backend {args.backend}")
+        overrides["backend"] = "compiled"
     config, out_dir = None, None
     if args.resume is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None]
@@ -128,15 +148,48 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.out if args.out is not None else _fresh_out_dir(args.preset)
     with process_group(world, args.dist_timeout), contextlib.ExitStack() as lock:
         data = world.from_main(lambda: _checkpoint_bytes(args, config, out_dir, world, lock))
+        session = None
+        if device is not None:
+            from devices.sessions import open_session
+
+            session = lock.enter_context(open_session(device[1], device[0]))
+        where = f" on {session.describe()}" if session is not None else ""
         if data is not None:
             checkpoint = checkpoint_from_bytes(data, resolve_checkpoint_path(args.resume or out_dir))
-            trainer = Trainer.resume(checkpoint, progress=not args.no_progress, world=world)
-            _say(world, f"resuming {checkpoint.path} at epoch {checkpoint.epoch + 1}/{checkpoint.config.epochs}")
+            if session is not None and checkpoint.config.backend != "compiled":  # checkpoints are interchangeable
+                where += f" (written by the {checkpoint.config.backend} backend, continued compiled)"
+                checkpoint = dataclasses.replace(checkpoint, config=checkpoint.config.override(backend="compiled"))
+            trainer = Trainer.resume(checkpoint, progress=not args.no_progress, world=world, session=session)
+            _say(world, f"resuming {checkpoint.path} at epoch {checkpoint.epoch + 1}/{checkpoint.config.epochs}{where}")
         else:
-            trainer = Trainer(config, out_dir, progress=not args.no_progress, world=world)
+            trainer = Trainer(config, out_dir, progress=not args.no_progress, world=world, session=session)
             _say(world, f"training {config.model} on {config.dataset}: {config.scheme} sparsity {config.sparsity:g}, "
-                 f"schedule {config.schedule}, {config.epochs} epochs -> {out_dir}")
-        return _train(trainer)
+                 f"schedule {config.schedule}, {config.epochs} epochs -> {out_dir}{where}")
+        return _train(trainer, device)
+
+
+def _device(args: argparse.Namespace, world: World) -> tuple[str, str] | None:
+    """``(target, session kind)`` of ``--device`` / ``--session``, checked; None without ``--device``."""
+    if args.device is None:
+        if args.session is not None:
+            raise ConfigError("--session says how to reach a --device; give --device TARGET too")
+        return None
+    from devices.sessions import default_session_kind
+    from devices.targets import get_target
+
+    spec = get_target(args.device)
+    if world.size > 1:
+        raise ConfigError("--device trains one process on one device; not under torchrun")
+    kind = args.session or default_session_kind(spec)
+    if kind is None:
+        raise ConfigError(f"no session for {spec.name}: install {' '.join(spec.debian_packages)} for the emulator, "
+                          "or give --session rpc:HOST:PORT or tracker:HOST:PORT:KEY")
+    if kind == "emulator" and spec.emulation == "runner":
+        raise ConfigError(f"--device {spec.name} --session emulator cannot train: the {spec.name} emulation is a "
+                          "kernel runner, not a Relax VM (no TVM runtime exists for it); its kernels run under "
+                          f"python -m mest.compile --target {spec.name}, training needs a {spec.name} board with the "
+                          "TVM runtime (--session rpc:HOST:PORT or tracker:HOST:PORT:KEY)")
+    return spec.name, kind
 
 
 def _checkpoint_bytes(args: argparse.Namespace, config: TrainConfig | None, out_dir: Path | None,
@@ -170,9 +223,19 @@ def _say(world: World, line: str) -> None:
         print(line, flush=True)
 
 
-def _train(trainer: Trainer) -> int:
-    """Run the trainer to the end and print the run's summary (on rank 0)."""
-    final = trainer.run()
+def _train(trainer: Trainer, device: tuple[str, str] | None = None) -> int:
+    """Run the trainer to the end and print the run's summary (on rank 0); ``device`` is the
+    ``(target, session kind)`` it trains on, if any."""
+    from devices.errors import DeviceError
+
+    try:
+        final = trainer.run()
+    except DeviceError as err:  # the device died (or timed out): the last checkpoint is whole
+        resume = f" --device {device[0]} --session {device[1]}" if device is not None else ""
+        hint = (f"the last checkpoint in {trainer.out_dir} is intact: continue with "
+                f"python -m mest.train --resume {trainer.out_dir}{resume}"
+                if (trainer.out_dir / CHECKPOINT_NAME).exists() else "no checkpoint was written yet: start the run again")
+        raise DeviceError(f"{err}; {hint}") from None
     if not trainer.world.is_main:
         return 0
     summary = run_summary(trainer.history)
@@ -181,8 +244,24 @@ def _train(trainer: Trainer) -> int:
     print(f"throughput {summary['examples_per_s']:.0f} examples/s (median epoch); sparse-layer training state "
           f"{summary['state_bytes'] / 1024:.0f} KiB = {summary['state_ratio']:.2f}x of dense; mutation + kernel "
           f"builds {summary['mutation_and_build_seconds']:.1f} s = {summary['mutation_and_build_share'] * 100:.1f}% of the run")
+    if "device" in final:
+        print(_device_summary(final["device"], summary["seconds_per_step"] or 0.0))
     print(f"checkpoint {resolve_checkpoint_path(trainer.out_dir)}, plot {trainer.out_dir / PLOT_NAME}")
     return 0
+
+
+def _device_summary(device: dict, step_seconds: float) -> str:
+    """Lines on what the device held (against a dense compiled step), what crossed per step, and time per step."""
+    held, dense = device["resident_bytes"], device["dense_resident_bytes"]
+    parts = ", ".join(f"{name} {held[key] / 1024:.0f}" for name, key in (
+        ("parameters", "param"), ("momentum", "momentum"), ("BN statistics", "stat"), ("indices", "index"),
+        ("batch", "data"), ("VM workspace", "workspace")))
+    per_step = device["bytes_per_step"]
+    speed = "emulated: a correctness run, its time is no speed" if device["emulated"] else "measured on the device"
+    return (f"on the device ({device['session']}): {held['total'] / 1024:.0f} KiB resident ({parts} KiB) against "
+            f"{dense['total'] / 1024:.0f} KiB for a dense compiled step ({held['total'] / dense['total']:.2f}x); "
+            f"sent {per_step['sent']:.0f} B and received {per_step['received']:.0f} B per step\n"
+            f"time per step {step_seconds * 1e3:.1f} ms ({speed})")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Per run: build the model (reference init), prune it once to the profile's densit
 remove the unforgettable examples at the removal epoch, mutate the sparse layers at a mutation epoch,
 train (forward, loss, backward, ``grad *= mask``, SGD step, ``weight *= mask``; forgetting statistics
 from the same forward pass; with the ``compiled`` backend the whole step is one built TVM function,
-:mod:`mest.compiled`), step the cosine LR, evaluate, write metrics and an atomic checkpoint.
+:mod:`mest.compiled`, on the host or on a device through a session), step the cosine LR, evaluate, write
+metrics and an atomic checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,9 @@ from mest.forgetting import (ForgettingStats, check_ranking, check_remove_count,
                              unforgettable)
 from mest.models import build_model
 from mest.sparsity import SparseState, check_profile, default_profile, read_profile
+
+if TYPE_CHECKING:
+    from devices.sessions import Session
 
 METRICS_NAME = "metrics.jsonl"
 RANKING_NAME = "forgetting_ranking.json"
@@ -101,10 +106,16 @@ class Trainer:
         Resume from it (see :meth:`resume`).
     world : World, optional
         The ranks under torchrun (:mod:`mest.distributed`); one process by default.
+    session : devices.sessions.Session, optional
+        Train on this device (the ``compiled`` backend, its state resident there; :mod:`mest.compiled`);
+        this process by default.
     """
 
     def __init__(self, config: TrainConfig, out_dir: Path, dataset: Dataset | None = None,
-                 progress: bool = True, checkpoint: Checkpoint | None = None, world: World | None = None) -> None:
+                 progress: bool = True, checkpoint: Checkpoint | None = None, world: World | None = None,
+                 session: Session | None = None) -> None:
+        if session is not None and config.backend != "compiled":
+            raise ConfigError(f"training on a device runs the compiled backend, not {config.backend}")
         self.config = config
         self.out_dir = Path(out_dir)
         self.world = world if world is not None else World()
@@ -167,14 +178,14 @@ class Trainer:
                 self.model, build_model(config.model, spec.num_classes, spec.in_channels), self.sparse, self.optimizer,
                 model_key=f"{spec.name}/{spec.num_classes}/{spec.in_channels}/{spec.image_size}",
                 input_shape=(config.batch_size, spec.in_channels, spec.image_size, spec.image_size),
-                progress=tqdm.write if self.progress else None)
+                progress=tqdm.write if self.progress else None, session=session)
 
     @classmethod
     def resume(cls, checkpoint: Checkpoint, dataset: Dataset | None = None, progress: bool = True,
-               world: World | None = None) -> "Trainer":
+               world: World | None = None, session: Session | None = None) -> "Trainer":
         """A trainer in the state a checkpoint recorded, writing into the checkpoint's directory."""
         return cls(checkpoint.config, checkpoint.path.parent, dataset=dataset, progress=progress,
-                   checkpoint=checkpoint, world=world)
+                   checkpoint=checkpoint, world=world, session=session)
 
     def _restore_model(self, checkpoint: Checkpoint) -> None:
         if self.spec != checkpoint.model_spec:
@@ -242,6 +253,8 @@ class Trainer:
         mutation = None
         if self.schedule.is_mutation_epoch(epoch):
             t0 = time.perf_counter()
+            if self.compiled is not None:
+                self.compiled.pull()  # from the device: the sparse layers' values, momentum, gradients
             records = self.sparse.mutate(self.model, self.optimizer, self.schedule, epoch, config.seed,
                                          config.grad_weight)
             if self.compiled is not None:
@@ -268,10 +281,13 @@ class Trainer:
             "examples": len(self.kept_examples), "ranks": self.world.size, "density": self.sparse.overall_density(),
             "layer_density": self.sparse.densities(), "mutation": mutation,
             "train_seconds": train_seconds, "examples_per_s": len(self.kept_examples) / train_seconds,
+            "train_steps": -(-len(self.kept_examples) // config.batch_size),
             "kernel_build_seconds": self._kernel_build_seconds() - builds_before,
             "state_bytes": {"sparse_layers": held, "dense_equivalent": dense},
             "seconds": time.perf_counter() - started,
         }
+        if self.compiled is not None and self.compiled.session is not None:
+            metrics["device"] = self.compiled.device_metrics()
         self.history.append(metrics)
         self.epoch += 1
         if self.world.is_main:
@@ -340,6 +356,8 @@ class Trainer:
     # -- outputs ---------------------------------------------------------------------------
     def state(self) -> dict:
         """The checkpoint payload (plain types and tensors), the same for every backend."""
+        if self.compiled is not None:
+            self.compiled.pull()  # from the device, if the state lives there
         if self.config.backend in ("tvm", "compiled"):
             from mest.compact import dense_equivalent_state
 
@@ -377,11 +395,16 @@ def run_summary(history: list[dict]) -> dict:
     state = history[-1]["state_bytes"]
     return {
         "examples_per_s": sorted(m["examples_per_s"] for m in steady)[len(steady) // 2],
+        "seconds_per_step": _median([m["train_seconds"] / m["train_steps"] for m in steady if "train_steps" in m]),
         "state_bytes": state["sparse_layers"], "dense_state_bytes": state["dense_equivalent"],
         "state_ratio": state["sparse_layers"] / state["dense_equivalent"],
         "mutation_and_build_seconds": overhead, "mutation_and_build_share": overhead / total if total else 0.0,
         "seconds": total,
     }
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from typing import Any
 import tvm
 
 from devices.cache import cache_dir
+from devices.errors import DeviceError
 from devices.files import atomic_write_bytes, set_aside
 from devices.targets import export_library
 from schedules.formats import SparseFormat
@@ -73,11 +74,16 @@ class CachedStep:
 
     Attributes
     ----------
-    module : tvm.runtime.Module
-        The loaded library (``relax.VirtualMachine(module, device)`` runs it).
+    module : Any
+        The loaded library: what the ``load`` of :func:`load_or_build` returned for it (by default
+        this process's ``tvm.runtime.Module``, which ``relax.VirtualMachine(module, device)`` runs).
+    library : Path
+        The exported library in the cache (for the target: cross-linked for ARM).
     inputs, outputs : dict of str to tuple of Slot
         Signature of :data:`~tvm_passes.training_pipeline.TRAIN_STEP` and
         :data:`~tvm_passes.training_pipeline.EVALUATE`.
+    workspace_bytes : dict of str to int
+        Per function, the VM's planned activation storage (:attr:`TrainingStep.workspace_bytes`).
     key : str
         The cache key.
     built : bool
@@ -87,8 +93,10 @@ class CachedStep:
     """
 
     module: Any
+    library: Path
     inputs: dict[str, tuple[Slot, ...]]
     outputs: dict[str, tuple[Slot, ...]]
+    workspace_bytes: dict[str, int]
     key: str
     built: bool
     seconds: float
@@ -96,20 +104,23 @@ class CachedStep:
 
 def _signature_json(step: TrainingStep) -> bytes:
     return json.dumps({name: {"inputs": [s.to_json() for s in step.inputs[name]],
-                              "outputs": [s.to_json() for s in step.outputs[name]]}
+                              "outputs": [s.to_json() for s in step.outputs[name]],
+                              "workspace_bytes": step.workspace_bytes[name]}
                        for name in (TRAIN_STEP, EVALUATE)}).encode()
 
 
-def _read_signature(path: Path) -> tuple[dict, dict]:
+def _read_signature(path: Path) -> tuple[dict, dict, dict]:
     data = json.loads(path.read_text())
     inputs = {name: tuple(Slot.from_json(s) for s in entry["inputs"]) for name, entry in data.items()}
     outputs = {name: tuple(Slot.from_json(s) for s in entry["outputs"]) for name, entry in data.items()}
-    return inputs, outputs
+    workspace = {name: int(entry["workspace_bytes"]) for name, entry in data.items()}
+    return inputs, outputs, workspace
 
 
 def load_or_build(model, model_key: str, input_shape: tuple[int, ...], formats: Mapping[str, SparseFormat],
                   config: TrainingConfig, kernels: Callable[[], Any],
-                  progress: Callable[[str], None] | None = None) -> CachedStep:
+                  progress: Callable[[str], None] | None = None,
+                  load: Callable[[Path], Any] | None = None) -> CachedStep:
     """The built step of this structure: from the cache, or built, exported and cached.
 
     Parameters
@@ -124,6 +135,9 @@ def load_or_build(model, model_key: str, input_shape: tuple[int, ...], formats: 
         Makes the kernel source, only when a build is needed.
     progress : callable, optional
         Receives one line when a build starts.
+    load : callable, optional
+        Loads the library where it runs (e.g. ``session.load_library`` for a device); by default
+        ``tvm.runtime.load_module`` in this process, which only a host target can be.
 
     Returns
     -------
@@ -132,12 +146,15 @@ def load_or_build(model, model_key: str, input_shape: tuple[int, ...], formats: 
     key = step_key(model_key, input_shape, formats, config)
     directory = cache_dir("training-steps", config.target)
     library, signature = directory / f"{key}.so", directory / f"{key}.json"
+    load = load if load is not None else _load_here
     start = time.perf_counter()
     if library.exists() and signature.exists():
         try:
-            inputs, outputs = _read_signature(signature)
-            module = tvm.runtime.load_module(str(library))
-            return CachedStep(module, inputs, outputs, key, False, time.perf_counter() - start)
+            inputs, outputs, workspace = _read_signature(signature)
+            module = load(library)
+            return CachedStep(module, library, inputs, outputs, workspace, key, False, time.perf_counter() - start)
+        except DeviceError:
+            raise  # the device failed (its session died), not the file
         except (OSError, RuntimeError, ValueError, KeyError, TypeError):  # tvm_ffi raises built-in kinds
             for path in (library, signature):  # kept for a look, out of the way of the rebuild below
                 set_aside(path, "corrupt")
@@ -146,5 +163,10 @@ def load_or_build(model, model_key: str, input_shape: tuple[int, ...], formats: 
     step = build_training_step(model, input_shape, formats, config, kernels())
     export_library(step.executable, library, config.target)  # atomic; cross-linked for ARM
     atomic_write_bytes(signature, _signature_json(step))
-    module = tvm.runtime.load_module(str(library))
-    return CachedStep(module, step.inputs, step.outputs, key, True, time.perf_counter() - start)
+    module = load(library)
+    return CachedStep(module, library, step.inputs, step.outputs, step.workspace_bytes, key, True,
+                      time.perf_counter() - start)
+
+
+def _load_here(library: Path) -> Any:
+    return tvm.runtime.load_module(str(library))

@@ -26,7 +26,8 @@ Phases (each optionally dumps its IR to ``dump_dir/NN_<phase>.py``):
    batch-norm statistics (:class:`~tvm_passes.schedule_channel_reduction.ScheduleChannelReduction`),
    :class:`~tvm_passes.schedule_dense_ops.ScheduleDenseOps` (dense convs, classifier, pool, dlight's
    CPU reductions) and the element-wise rest (:class:`~tvm_passes.schedule_elementwise.ScheduleElementwise`);
-9. **build** for the target of the ``devices`` table.
+9. **build** for the target of the ``devices`` table; the VM's planned activation workspace is measured
+   on the way (:func:`planned_workspace_bytes`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class TrainingStep:
         Per function, its named inputs and outputs in calling order.
     target : str
         Canonical target name.
+    workspace_bytes : dict of str to int
+        Per function, the bytes of the VM's planned activation storage (:func:`planned_workspace_bytes`).
     phase_seconds : dict of str to float
         Wall time of each phase.
     """
@@ -109,6 +112,7 @@ class TrainingStep:
     inputs: dict[str, tuple[Slot, ...]]
     outputs: dict[str, tuple[Slot, ...]]
     target: str
+    workspace_bytes: dict[str, int] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -246,10 +250,43 @@ def build_training_step(
 
     # Phase 9: build.
     log.begin("build")
+    workspace = planned_workspace_bytes(mod)
     executable = tvm.compile(mod, target)
     log.end("build", None)
     return TrainingStep(executable=executable, mod=mod, inputs=inputs, outputs=outputs, target=spec.name,
-                        phase_seconds=log.seconds)
+                        workspace_bytes=workspace, phase_seconds=log.seconds)
+
+
+def planned_workspace_bytes(mod: tvm.IRModule) -> dict[str, int]:
+    """Per Relax function of a legalized module, the bytes of the storage the VM allocates for its
+    intermediate tensors after ``tvm.compile``'s memory planning (``StaticPlanBlockMemory``).
+
+    The same passes as the default build pipeline up to the planning, then the size of every
+    ``relax.memory.alloc_storage`` (what :func:`tvm.relax.analysis.estimate_memory_usage` reports as
+    planned, as a number). Not counted: the function's outputs (allocated apart, and the next step's
+    inputs), and a kernel's own scratch inside its TIR.
+    """
+    planned = tvm.transform.Sequential([
+        relax.transform.RewriteDataflowReshape(), relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(), relax.transform.CallTIRRewrite(),
+        relax.transform.StaticPlanBlockMemory(),
+    ])(mod)
+    alloc_storage = tvm.ir.Op.get("relax.memory.alloc_storage")
+    sizes = {}
+    for gvar, func in planned.functions_items():
+        if not isinstance(func, relax.Function):
+            continue
+        total = [0]
+
+        def visit(expr, total=total) -> None:
+            if isinstance(expr, relax.Call) and expr.op == alloc_storage:
+                size = expr.args[0]
+                if isinstance(size, relax.ShapeExpr) and all(isinstance(v, tvm.tirx.IntImm) for v in size.values):
+                    total[0] += int(size.values[0])
+
+        relax.analysis.post_order_visit(func, visit)
+        sizes[gvar.name_hint] = total[0]
+    return sizes
 
 
 def _phase(name: str, transform: Callable[[tvm.IRModule], tvm.IRModule]) -> tvm.transform.Pass:

@@ -67,8 +67,23 @@ def test_local_session_refuses_an_arm_target():
 
 
 def test_unknown_session_kind_lists_the_known_ones():
-    with pytest.raises(DeviceError, match="known kinds: local, rpc, tracker:HOST:PORT:KEY, emulator"):
+    with pytest.raises(DeviceError, match="known kinds: local, rpc, rpc:HOST:PORT, tracker:HOST:PORT:KEY, emulator"):
         open_session("cloud", "x86")
+
+
+def test_rpc_host_port_connects_to_a_running_server_and_a_malformed_one_is_named():
+    from devices.loopback import start_rpc_server
+
+    server = start_rpc_server()
+    try:
+        host, port = server.address
+        with open_session(f"rpc:{host}:{port}", "x86") as session:
+            assert session.peer == f"{host}:{port}" and session.server is None
+            assert session.numpy(session.array(np.arange(3, dtype=np.float32))).tolist() == [0.0, 1.0, 2.0]
+    finally:
+        server.stop()
+    with pytest.raises(DeviceError, match="must be rpc:HOST:PORT"):
+        open_session("rpc:localhost", "x86")
 
 
 def test_unknown_option_lists_the_accepted_ones():

@@ -105,6 +105,10 @@ BAD_TRAIN_ARGS = [
     ("--resume {in}/nothing-here", "checkpoint not found"),
     ("--resume {in}/finished", "is finished (1 of 1 epochs): nothing to resume"),
     ("--resume {in}/finished --lr 0.5", "--resume takes its configuration from the checkpoint; drop --lr"),
+    ("--device armv7 --session emulator", "the armv7 emulation is a kernel runner, not a Relax VM"),
+    ("--device arm64", "--device trains with the compiled backend; drop --backend torch-mask"),
+    ("--session emulator", "--session says how to reach a --device; give --device TARGET too"),
+    ("--device sparc", "unknown target 'sparc'"),
 ]
 
 
@@ -241,3 +245,35 @@ def test_a_layer_the_tvm_backend_cannot_hold_is_refused_before_the_data_loads(ca
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: the tvm and compiled backends cannot train {fqn} ({what})") and "--backend torch-mask" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_emulated_device_killed_mid_window_is_one_line_and_resume_continues(tmp_path, require_target_tools):
+    require_target_tools("arm64")
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    device = ["--device", "arm64", "--session", "emulator"]
+    command = [sys.executable, "-m", "mest.train", *FAST, *device, "--epochs", "3", "--batch-size", "8",
+               "--update-freq", "1", "--decay-epochs", "2-3", "--remove-count", "0", "--out", str(out)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch's window (180 steps), after the first epoch's checkpoint
+    assert proc.poll() is None, "the run ended before its device could be killed"
+    emulators = [p for p in psutil.Process(proc.pid).children(recursive=True) if "qemu" in p.name()]
+    assert len(emulators) == 1
+    emulators[0].kill()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "lost its server" in errors[0] and f"--resume {out} --device arm64" in errors[0]
+    assert load_checkpoint(out).epoch == 1  # the last checkpoint is whole
+
+    resumed = subprocess.run([sys.executable, "-m", "mest.train", "--resume", str(out), *device, "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "on emulator session (arm64" in resumed.stdout
+    assert load_checkpoint(out).epoch == 3
+    assert "emulated: a correctness run, its time is no speed" in resumed.stdout

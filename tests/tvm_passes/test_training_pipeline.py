@@ -10,10 +10,11 @@ import pytest
 import torch
 import tvm
 from tvm import relax, tirx
+from tvm.script import relax as R
 
 from schedules.formats import pack
 from tvm_passes.step_signature import call_by_name
-from tvm_passes.training_pipeline import EVALUATE, TRAIN_STEP
+from tvm_passes.training_pipeline import EVALUATE, TRAIN_STEP, planned_workspace_bytes
 
 from training_helpers import CompiledState, TorchMask, assert_state_close, build, formats_for, sparse_tiny
 
@@ -167,3 +168,21 @@ def test_the_step_compiles_and_links_for_armv7(builds, require_target_tools, tmp
     armv7 = build(model, formats, SHAPE, target="armv7")
     library = export_library(armv7.executable, tmp_path / "train_step.so", get_target("armv7"))
     assert library.read_bytes()[:4] == b"\x7fELF" and library.read_bytes()[18] == 40  # e_machine EM_ARM
+
+
+@tvm.script.ir_module
+class _Chain:
+    @R.function
+    def main(x: R.Tensor((4, 8), "float32")):
+        with R.dataflow():
+            a = R.add(x, x)
+            b = R.multiply(a, a)
+            c = R.subtract(b, x)  # a is dead: c takes its storage
+            d = R.add(c, b)
+            R.output(d)
+        return d
+
+
+def test_planned_workspace_counts_the_planned_storage_of_intermediates_not_the_output():
+    # Three 128-byte intermediates in two storages (c reuses a's); the output is allocated apart.
+    assert planned_workspace_bytes(relax.transform.LegalizeOps()(_Chain)) == {"main": 2 * 4 * 8 * 4}
