@@ -17,11 +17,10 @@ the command says so, the report records ``"emulated": true``, and no crossover i
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
-
-import os
 
 from benchmarks.harness import (
     CommandParser, Variant, VariantResult, Workload, add_protocol_arguments, at_least, database_directory, density,
