@@ -206,8 +206,10 @@ class VariantResult:
         return Summary.of([p["median_s"][step] for p in self.processes])
 
     def peak_rss_bytes(self) -> int | None:
-        """Median over the processes of their peak resident set."""
-        return int(statistics.median(p["peak_rss_bytes"] for p in self.processes)) if self.ok else None
+        """Median over the processes of their peak resident set (None when a device, not a process, ran it)."""
+        if not self.ok or any("peak_rss_bytes" not in p for p in self.processes):
+            return None
+        return int(statistics.median(p["peak_rss_bytes"] for p in self.processes))
 
     def fact(self, name: str) -> object:
         """A fact of the setup: the median over processes for numbers, the first process's otherwise."""
@@ -334,7 +336,7 @@ def _measure(spec: dict) -> dict:
             "peak_rss_bytes": peak_rss_bytes()}
 
 
-def _describe_failure(err: Exception) -> tuple[str, bool]:
+def describe_failure(err: Exception) -> tuple[str, bool]:
     """One line for a worker's failure, and whether it is one of the project's user errors."""
     first_line = (str(err).strip().splitlines() or [""])[0]
     try:
@@ -364,7 +366,7 @@ def worker_main(argv: Sequence[str]) -> int:
         result["environment"] = {name: os.environ.get(name) for name in THREAD_VARIABLES}
         result.update(_measure(spec))
     except Exception as err:  # noqa: BLE001 - every failure is reported to the parent, which goes on
-        result["error"], result["user_error"] = _describe_failure(err)
+        result["error"], result["user_error"] = describe_failure(err)
         result["traceback"] = traceback.format_exc()
         code = 2 if result["user_error"] else 1
     result_path.write_text(json.dumps(result))  # the parent reads it after this process has exited

@@ -135,6 +135,7 @@ class CompiledTraining:
         self.builds = 0
         self.traffic = Traffic()
         self.workspace_bytes: dict[str, int] = {}
+        self.kernel_knobs: dict[str, str] = {}
         self.tensors: dict[str, Any] = {}
         self._grads: dict[str, Any] = {}  # the last step's gradient of each sparse layer (for the mutation)
         self._stale = False  # on a device: the torch objects lag behind the device's state
@@ -163,6 +164,8 @@ class CompiledTraining:
                    else self.session.relax_vm(step.module))
         self.inputs, self.outputs = step.inputs, step.outputs
         self.workspace_bytes = dict(step.workspace_bytes)
+        #: Per sparse kernel of the module, its knobs (``tuned ...`` from a record of the target, or defaults).
+        self.kernel_knobs = dict(step.kernel_knobs)
         self.key = step.key
         self._bind()
 

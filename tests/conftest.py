@@ -63,21 +63,21 @@ def require_target_tools() -> Callable[..., None]:
 
 @pytest.fixture(scope="session")
 def loopback_rpc_session() -> Iterator[Session]:
-    """An ``rpc`` session (x86) to a TVM RPC server started on 127.0.0.1 for the test session.
+    """An ``rpc`` session (this machine's target) to a TVM RPC server started on 127.0.0.1 for the test session.
 
     The server serves one connection at a time: use this session, do not open another to it.
     """
     from devices.sessions import open_session
 
-    with open_session("rpc", "x86") as session:
+    with open_session("rpc", "host") as session:
         yield session
 
 
 @pytest.fixture(scope="session")
 def loopback_tracker() -> Iterator[LoopbackTracker]:
-    """A tracker on 127.0.0.1 with one x86 RPC server registered under ``loopback_tracker.key``.
+    """A tracker on 127.0.0.1 with one RPC server of this machine registered under ``loopback_tracker.key``.
 
-    ``open_session(loopback_tracker.session_kind, "x86")`` requests that device; MetaSchedule's
+    ``open_session(loopback_tracker.session_kind, "host")`` requests that device; MetaSchedule's
     ``RPCConfig`` takes ``loopback_tracker.address`` and ``.key``.
     """
     from devices.loopback import start_loopback_tracker

@@ -18,7 +18,8 @@ from devices.targets import TargetSpec
 #: measures it again: re-measured on 2026-12-01 (64->64 at 16x16, batch 4, default knobs, AMD EPYC
 #: with 2 cores at a load average of 7-9), the medians of a few milliseconds were too noisy to place
 #: one. Channel compaction is a smaller dense conv: it always wins. ARM: no device was measured (the
-#: emulator's times are no speed); the x86 values stand in until a tracker session measures one.
+#: emulator's times are no speed); the x86 values stand in until a device measures them:
+#: ``python -m benchmarks.crossover --target arm64 --session tracker:HOST:PORT:KEY`` (or ``rpc:HOST:PORT``).
 DENSE_CROSSOVER: dict[str, dict[str, float]] = {
     "x86": {"irregular": 0.40, "block": 0.60, "pattern": 1.0, "channel": 1.0},
     "arm64": {"irregular": 0.40, "block": 0.60, "pattern": 1.0, "channel": 1.0},

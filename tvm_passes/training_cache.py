@@ -5,7 +5,8 @@ structure, the batch shape, every sparse layer's scheme, shape, stride, capacity
 optimizer's constants, the target, and the code of the passes and kernels; not on any value (weights,
 masks, statistics and the learning rate are inputs). The key hashes all of that; the exported library
 and its signature (JSON) live under ``cache_dir("training-steps", <target>)`` of ``devices.cache``, written
-atomically; an entry that does not load is set aside (:func:`devices.files.set_aside`) and rebuilt. A mutation that keeps every capacity finds the module it already has; one that changes a
+atomically (the signature also records each sparse kernel's knobs, so a loaded step says which tuning
+records it was built with); an entry that does not load is set aside (:func:`devices.files.set_aside`) and rebuilt. A mutation that keeps every capacity finds the module it already has; one that changes a
 capacity (or a channel layer's filter count) builds or loads another.
 """
 
@@ -84,6 +85,9 @@ class CachedStep:
         :data:`~tvm_passes.training_pipeline.EVALUATE`.
     workspace_bytes : dict of str to int
         Per function, the VM's planned activation storage (:attr:`TrainingStep.workspace_bytes`).
+    kernel_knobs : dict of str to str
+        Per sparse kernel of the module (by name), its knobs' description (``tuned ...`` from a record
+        of the tuning database, or ``default knobs``): what the lowering pass recorded as ``mest.knobs``.
     key : str
         The cache key.
     built : bool
@@ -97,24 +101,34 @@ class CachedStep:
     inputs: dict[str, tuple[Slot, ...]]
     outputs: dict[str, tuple[Slot, ...]]
     workspace_bytes: dict[str, int]
+    kernel_knobs: dict[str, str]
     key: str
     built: bool
     seconds: float
 
 
+def kernel_knobs(mod: tvm.IRModule) -> dict[str, str]:
+    """The ``mest.knobs`` attribute of every sparse kernel of ``mod``, by kernel name."""
+    return {gvar.name_hint: str(func.attrs["mest.knobs"]) for gvar, func in mod.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and "mest.knobs" in func.attrs}
+
+
 def _signature_json(step: TrainingStep) -> bytes:
-    return json.dumps({name: {"inputs": [s.to_json() for s in step.inputs[name]],
-                              "outputs": [s.to_json() for s in step.outputs[name]],
-                              "workspace_bytes": step.workspace_bytes[name]}
-                       for name in (TRAIN_STEP, EVALUATE)}).encode()
+    functions = {name: {"inputs": [s.to_json() for s in step.inputs[name]],
+                        "outputs": [s.to_json() for s in step.outputs[name]],
+                        "workspace_bytes": step.workspace_bytes[name]}
+                 for name in (TRAIN_STEP, EVALUATE)}
+    return json.dumps({"functions": functions, "kernels": kernel_knobs(step.mod)}).encode()
 
 
-def _read_signature(path: Path) -> tuple[dict, dict, dict]:
+def _read_signature(path: Path) -> tuple[dict, dict, dict, dict]:
     data = json.loads(path.read_text())
-    inputs = {name: tuple(Slot.from_json(s) for s in entry["inputs"]) for name, entry in data.items()}
-    outputs = {name: tuple(Slot.from_json(s) for s in entry["outputs"]) for name, entry in data.items()}
-    workspace = {name: int(entry["workspace_bytes"]) for name, entry in data.items()}
-    return inputs, outputs, workspace
+    functions = data["functions"]
+    inputs = {name: tuple(Slot.from_json(s) for s in entry["inputs"]) for name, entry in functions.items()}
+    outputs = {name: tuple(Slot.from_json(s) for s in entry["outputs"]) for name, entry in functions.items()}
+    workspace = {name: int(entry["workspace_bytes"]) for name, entry in functions.items()}
+    knobs = {str(name): str(text) for name, text in data["kernels"].items()}
+    return inputs, outputs, workspace, knobs
 
 
 def load_or_build(model, model_key: str, input_shape: tuple[int, ...], formats: Mapping[str, SparseFormat],
@@ -150,9 +164,10 @@ def load_or_build(model, model_key: str, input_shape: tuple[int, ...], formats: 
     start = time.perf_counter()
     if library.exists() and signature.exists():
         try:
-            inputs, outputs, workspace = _read_signature(signature)
+            inputs, outputs, workspace, knobs = _read_signature(signature)
             module = load(library)
-            return CachedStep(module, library, inputs, outputs, workspace, key, False, time.perf_counter() - start)
+            return CachedStep(module, library, inputs, outputs, workspace, knobs, key, False,
+                              time.perf_counter() - start)
         except DeviceError:
             raise  # the device failed (its session died), not the file
         except (OSError, RuntimeError, ValueError, KeyError, TypeError):  # tvm_ffi raises built-in kinds
@@ -164,8 +179,8 @@ def load_or_build(model, model_key: str, input_shape: tuple[int, ...], formats: 
     export_library(step.executable, library, config.target)  # atomic; cross-linked for ARM
     atomic_write_bytes(signature, _signature_json(step))
     module = load(library)
-    return CachedStep(module, library, step.inputs, step.outputs, step.workspace_bytes, key, True,
-                      time.perf_counter() - start)
+    return CachedStep(module, library, step.inputs, step.outputs, step.workspace_bytes, kernel_knobs(step.mod),
+                      key, True, time.perf_counter() - start)
 
 
 def _load_here(library: Path) -> Any:

@@ -40,6 +40,8 @@ BAD = {
         (["--layer", "8,8"], "invalid layer"), (["--layer", "0,8,8"], "must be >= 1, got 0"),
         (["--densities", "2"], "a density is in (0, 1]"), (["--target", "sparc"], "unknown target 'sparc'"),
         (["--schemes", "channel"], "unknown scheme channel"), (["--rounds", "0"], "--rounds: must be >= 1"),
+        (["--session", "bogus", "--target", "arm64"], "unknown session kind 'bogus'"),
+        (["--session", "rpc:nohost"], "must be rpc:HOST:PORT"),
     ],
 }
 CASES = [pytest.param(module, argv, message, id=f"{module.__name__.split('.')[-1]} {' '.join(argv)}")

@@ -11,9 +11,12 @@ import tvm
 from device_kernels import build_matmul_case, build_parallel_axpy_case
 
 from devices.errors import DeviceError, ToolchainMissingError, UnknownTargetError
+from devices.sessions import default_session_kind
 from devices.targets import (
     export_library,
     get_target,
+    host_target_name,
+    link_function,
     target_names,
     tvm_target,
     with_cross_compiler,
@@ -35,11 +38,11 @@ def _elf_header(path: Path) -> tuple[int, int, int]:
 
 
 def test_table_knows_the_three_targets_and_the_arm_alias():
-    assert target_names()[:3] == ["x86", "arm64", "armv7"]
+    assert sorted(target_names()[:3]) == ["arm64", "armv7", "x86"] and target_names()[0] == host_target_name()
     assert get_target("arm") is get_target("arm64")
-    host, arm64, armv7 = get_target("x86"), get_target("arm64"), get_target("armv7")
+    host, arm64, armv7 = get_target("host"), get_target("arm64"), get_target("armv7")
     assert host.is_host and host.can_time and host.cross_compiler is None
-    assert not arm64.is_host and arm64.has_neon and arm64.vector_bits == 128
+    assert arm64.has_neon and arm64.vector_bits == 128 and arm64.is_host == (host is arm64)
     assert arm64.pointer_bits == 64 and armv7.pointer_bits == 32
     assert armv7.has_neon and armv7.tvm_target["mfloat-abi"] == "hard"
     assert host.vector_bits in (128, 256, 512)
@@ -97,9 +100,10 @@ def test_vectorised_arm_code_uses_neon(target: str):
 
 
 def test_linking_for_the_wrong_target_is_a_one_line_error(tmp_path: Path):
-    lib = tvm.compile(build_matmul_case().module, target=tvm_target("arm64"))
-    with pytest.raises(DeviceError, match="linking matmul.so for target 'x86' failed") as raised:
-        export_library(lib, tmp_path / "matmul.so", "x86")
+    host = host_target_name()  # its own linker, given 32-bit ARM code
+    lib = tvm.compile(build_matmul_case().module, target=tvm_target("armv7"))
+    with pytest.raises(DeviceError, match=f"linking matmul.so for target '{host}' failed") as raised:
+        export_library(lib, tmp_path / "matmul.so", host)
     assert "\n" not in str(raised.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -114,6 +118,15 @@ def test_the_host_target_is_named_by_what_the_machine_is(monkeypatch, machine, h
         assert targets.host_target_name() == host
         assert get_target("host") is get_target(host) and get_target(host).is_host
         assert not get_target(other).is_host and get_target(other).cross_compiler
+        # The host builds natively: no cross compiler, no qemu, no sysroot; its session is local.
+        spec = get_target(host)
+        assert (spec.cross_compiler, spec.qemu, spec.sysroot, spec.emulation) == (None, None, None, None)
+        assert spec.missing_tools(need_qemu=True) == [] and link_function(spec) is None
+        assert default_session_kind(spec) == "local" and spec.can_time
+        assert spec.has_neon == (host == "arm64") and spec.pointer_bits == 64
+        if host == "arm64":  # NEON's 32 registers size the register tiles, the triple is aarch64's
+            assert spec.vector_registers == 32 and spec.vector_bits == 128
+            assert spec.tvm_target["mtriple"] == "aarch64-linux-gnu"
         assert target_names()[0] == host and "host" in target_names()
         assert get_target("x86").pointer_bits == 64 and get_target("arm").name == "arm64"
     finally:

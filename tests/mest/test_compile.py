@@ -16,11 +16,13 @@ import torch
 from cli_checks import assert_one_error_line, snapshot
 
 from devices.errors import ToolchainMissingError
-from devices.targets import get_target
+from devices.targets import get_target, host_target_name
 from mest.checkpoint import save_checkpoint
 from mest.compile import _parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
+#: This machine's target: the builds checked and timed here are for it.
+HOST = host_target_name()
 
 
 def _run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -46,15 +48,15 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def test_x86_compile_writes_library_params_and_report(trained_run, tmp_path, cache):
-    out = tmp_path / "x86"
-    result = _run("-m", "mest.compile", str(trained_run), "--target", "x86", "--out", str(out),
+def test_host_compile_writes_library_params_and_report(trained_run, tmp_path, cache):
+    out = tmp_path / HOST
+    result = _run("-m", "mest.compile", str(trained_run), "--target", HOST, "--out", str(out),
                   env_extra={"MEST_TVM_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert {p.name for p in out.iterdir()} == {"model.so", "params.npz", "report.json"}
     report = json.loads((out / "report.json").read_text())
-    assert report["target"] == "x86" and report["compile_seconds"] > 0
+    assert report["target"] == HOST and report["compile_seconds"] > 0
     assert list(report["phase_seconds"]) == ["import", "annotate", "fold", "lower", "legalize and fuse",
                                              "tuning database", "build"]
     assert "max |logit error|" in report["check"]
@@ -136,13 +138,13 @@ def test_a_foreign_tuning_database_is_set_aside_with_a_warning(trained_run, tmp_
     db = tmp_path / "db"
     db.mkdir()
     (db / "meta.json").write_text('{"format": "mest-tune-db", "version": 1, "tvm": "0.19.0"}')
-    (db / "dense-x86").mkdir()
-    (db / "dense-x86" / "database_workload.json").write_text("{ not json")
-    assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "o")]) == 0
+    (db / f"dense-{HOST}").mkdir()
+    (db / f"dense-{HOST}" / "database_workload.json").write_text("{ not json")
+    assert main([str(trained_run), "--target", HOST, "--tune-db", str(db), "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "warning: tuning database" in err and "not a mest-tvm tuning database" in err and "Traceback" not in err
     aside = sorted(p.name for p in db.iterdir() if ".foreign-" in p.name)
-    assert [name.split(".foreign-")[0] for name in aside] == ["dense-x86", "meta.json"]
+    assert [name.split(".foreign-")[0] for name in aside] == [f"dense-{HOST}", "meta.json"]
     assert (db / aside[0] / "database_workload.json").read_text() == "{ not json"
 
 
@@ -199,14 +201,14 @@ def test_every_flag_states_its_default():
             assert "default" in action.help or "required" in action.help, action.option_strings
 def test_dense_records_metaschedule_rejects_are_set_aside_and_compile_succeeds(trained_run, tmp_path, capsys, cache):
     db = tmp_path / "db"
-    assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "a")]) == 0
+    assert main([str(trained_run), "--target", HOST, "--tune-db", str(db), "--out", str(tmp_path / "a")]) == 0
     rejected = b'["not base64!", "x"]\n'  # JSON lines, so only MetaSchedule itself can refuse them
-    (db / "dense-x86" / "database_workload.json").write_bytes(rejected)
+    (db / f"dense-{HOST}" / "database_workload.json").write_bytes(rejected)
     capsys.readouterr()
-    assert main([str(trained_run), "--target", "x86", "--tune-db", str(db), "--out", str(tmp_path / "b")]) == 0
+    assert main([str(trained_run), "--target", HOST, "--tune-db", str(db), "--out", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert "warning: tuning database" in err and "MetaSchedule cannot read it" in err and "Traceback" not in err
-    aside = [p for p in db.iterdir() if p.name.startswith("dense-x86.rejected-")]
+    aside = [p for p in db.iterdir() if p.name.startswith(f"dense-{HOST}.rejected-")]
     assert len(aside) == 1 and (aside[0] / "database_workload.json").read_bytes() == rejected
     assert json.loads((tmp_path / "b" / "report.json").read_text())["check"].startswith("max |logit error|")
 
@@ -225,7 +227,7 @@ def test_a_record_of_schedules_tune_is_applied_by_training_and_by_compile(tmp_pa
     from schedules.workloads import select_layers
 
     conv = select_layers("tiny", layer, image_size=8)[0]
-    key = workload(layer_format(conv, "irregular", 0.1), "forward", conv.x_shape(batch), 1, "x86")
+    key = workload(layer_format(conv, "irregular", 0.1), "forward", conv.x_shape(batch), 1, HOST)
     record = TuningDatabase(cache / "tune-db").lookup(key)
     assert record is not None and record.trials == 2
 
@@ -247,7 +249,7 @@ def test_a_record_of_schedules_tune_is_applied_by_training_and_by_compile(tmp_pa
     assert used == [record.knobs.to_json()]
 
     out = tmp_path / "compiled"
-    compiled = _run("-m", "mest.compile", str(run), "--target", "x86", "--batch", str(batch), "--out", str(out),
+    compiled = _run("-m", "mest.compile", str(run), "--target", HOST, "--batch", str(batch), "--out", str(out),
                     env_extra=env)
     assert compiled.returncode == 0, compiled.stderr
     reasons = {layer["fqn"]: layer["reason"] for layer in json.loads((out / "report.json").read_text())["layers"]}

@@ -200,3 +200,43 @@ def test_device_and_host_checkpoints_resume_each_other(host_and_device, odd_digi
         for fqn, mask in finished.masks.items():
             assert torch.equal(mask, resumed.masks[fqn]), fqn
     assert metrics["device"]["bytes_per_step"]["sent"] == STEP_SENT
+
+
+def _sparse_inputs(trainer: Trainer) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Input shape (the built batch) and stride of each sparse layer's conv, by weight FQN."""
+    structure, shapes = trainer.compiled.structure, {}
+    hooks = [structure.get_submodule(fqn.rpartition(".")[0]).register_forward_hook(
+        lambda module, args, _, fqn=fqn: shapes.__setitem__(fqn, (tuple(args[0].shape), module.stride[0])))
+        for fqn in trainer.sparse.layers]
+    with torch.no_grad():
+        structure.eval()(torch.zeros(trainer.compiled.input_shape))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def test_the_device_build_uses_the_records_tuned_through_the_emulator(host_and_device, odd_digits, tmp_path,
+                                                                      monkeypatch):
+    """A record ``schedules.tune`` writes for arm64 through the emulator session is the one the
+    device's compiled step builds that kernel with; the kernels without a record keep the defaults."""
+    from schedules.database import TuningDatabase
+    from schedules.tune import KnobRanker, tune_kernel
+
+    session = host_and_device[2]
+    monkeypatch.setenv("MEST_TVM_CACHE", str(tmp_path / "cache"))  # a fresh tuning database and step cache
+    trainer = Trainer(CONFIG, tmp_path / "run", dataset=odd_digits, progress=False, session=session)
+    fqn, layer = next(iter(trainer.sparse.layers.items()))
+    fmt = layer.module.format
+    x_shape, stride = _sparse_inputs(trainer)[fqn]
+    result = tune_kernel(session, TuningDatabase(), KnobRanker(), fmt, "forward", x_shape, stride, trials=2)
+    assert result.workload.target == "arm64" and not result.reused
+
+    trainer.compiled.residency()  # loads (here: builds) the step for the device
+    knobs = trainer.compiled.kernel_knobs
+    prefix = f"sparse_{fmt.scheme}_forward_{fmt.weight_shape[0]}x{fmt.weight_shape[1]}_cap{fmt.capacity}_"
+    tuned = {name: text for name, text in knobs.items() if name.startswith(prefix)
+             and f"_{'x'.join(map(str, x_shape))}_s{stride}_" in name}
+    record = result.record
+    expected = "tuned " + ",".join(f"{k}={v}" for k, v in record.knobs.to_json().items()) + f", {record.trials} trials"
+    assert list(tuned.values()) == [expected]
+    assert len(knobs) > 1 and all(text == "default knobs" for name, text in knobs.items() if name not in tuned)

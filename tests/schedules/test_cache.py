@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from devices.targets import host_target_name
 from schedules.cache import KernelCache, workload
 from schedules.database import Record, TuningDatabase
 from schedules.formats import pack
@@ -40,7 +41,7 @@ def test_database_knobs_are_used(tmp_path, make_mask):
     fmt = pack("irregular", weight, make_mask("irregular", weight.shape, 0.2, generator))
     database = TuningDatabase(tmp_path / "db")
     tuned = Knobs(rows=2, width=4, tile_outer=False)
-    database.commit(workload(fmt, "forward", (1, 4, 8, 8), 1, "x86"), Record(tuned, 1e-4, trials=1))
+    database.commit(workload(fmt, "forward", (1, 4, 8, 8), 1, host_target_name()), Record(tuned, 1e-4, trials=1))
     cache = KernelCache(database)
     assert cache.get(fmt, "forward", (1, 4, 8, 8), 1).key.knobs == tuned
     assert cache.get(fmt, "grad_input", (1, 4, 8, 8), 1).key.knobs == Knobs()

@@ -32,6 +32,7 @@ def test_short_run_writes_records_and_second_process_reuses_them(tmp_path, capsy
 
     check = textwrap.dedent(
         f"""
+        from devices.targets import host_target_name
         from schedules.cache import KernelCache, workload
         from schedules.database import TuningDatabase
         from schedules.tune import layer_format
@@ -41,7 +42,7 @@ def test_short_run_writes_records_and_second_process_reuses_them(tmp_path, capsy
         fmt = layer_format(layer, "irregular", 0.1)
         database = TuningDatabase({str(db)!r})
         kernel = KernelCache(database).get(fmt, "forward", layer.x_shape(2), 1)
-        print(kernel.key.knobs == database.lookup(workload(fmt, "forward", layer.x_shape(2), 1, "x86")).knobs)
+        print(kernel.key.knobs == database.lookup(workload(fmt, "forward", layer.x_shape(2), 1, host_target_name())).knobs)
         """
     )
     built = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -103,6 +104,7 @@ def test_a_tune_through_a_tracker_measures_on_every_free_device_and_outlives_a_k
     worked = [int(line.split(": ")[-1].split()[0]) for line in (killed, kept)]
     assert worked[0] >= 1 and worked[1] > worked[0], report  # both measured; the survivor did the rest
     # The same database a local tune writes: every kernel, with the same number of trials.
+    from devices.targets import host_target_name
     from schedules.cache import workload
     from schedules.tune import layer_format
     from schedules.workloads import select_layers
@@ -112,7 +114,7 @@ def test_a_tune_through_a_tracker_measures_on_every_free_device_and_outlives_a_k
     databases = [TuningDatabase(fleet_db), TuningDatabase(local)]
     assert [len(database) for database in databases] == [2, 2]
     for direction in ("forward", "grad_weight"):
-        key = workload(fmt, direction, conv.x_shape(2), conv.stride, "x86")
+        key = workload(fmt, direction, conv.x_shape(2), conv.stride, host_target_name())
         assert [database.lookup(key).trials for database in databases] == [5, 5], direction
 def test_every_flag_says_its_default(flags_without_default):
     from schedules.tune import build_parser

@@ -43,7 +43,7 @@ def has_parallel_loop(func: tirx.PrimFunc) -> bool:
 
 def run(mod: tvm.IRModule, arrays: list[np.ndarray], func: str = "main"):
     """Build ``mod`` for this machine and call ``func`` on ``arrays``: the outputs as (nested lists of) arrays."""
-    vm = relax.VirtualMachine(tvm.compile(mod, tvm_target("x86")), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.compile(mod, tvm_target("host")), tvm.cpu())
     return _numpy(vm[func](*(tvm.runtime.tensor(a) for a in arrays)))
 
 

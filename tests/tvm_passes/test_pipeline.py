@@ -1,4 +1,4 @@
-"""The whole pipeline: trained sparse models compiled for x86 and aarch64 give PyTorch's logits."""
+"""The whole pipeline: trained sparse models compiled for this machine and for aarch64 give PyTorch's logits."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import tvm
 from tvm import relax
 
+from devices.targets import get_target, host_target_name
 from tvm_passes.config import CompileConfig
 from tvm_passes.kernels import SchedulesKernels
 from tvm_passes.pipeline import compile_model
@@ -15,11 +16,14 @@ from tvm_passes.pipeline import compile_model
 from passes_helpers import SCHEMES, assert_logits_close, skip_without_tools, trained_sparse_model
 
 INPUT = (2, 1, 8, 8)
+#: This machine's target: the builds run here are for it.
+HOST = host_target_name()
 
 
-def _compile(model, state, target="x86", **kwargs):
-    return compile_model(model, state.masks, state.schemes, INPUT, CompileConfig(target),
-                         SchedulesKernels(target if target != "arm" else "arm64"), **kwargs)
+def _compile(model, state, target=None, **kwargs):
+    target = get_target(target or "host").name
+    return compile_model(model, state.masks, state.schemes, INPUT, CompileConfig(target), SchedulesKernels(target),
+                         **kwargs)
 
 
 def _logits(model, x):
@@ -60,8 +64,8 @@ def test_report_says_what_each_layer_became(scheme, tiny_models, x86_builds):
 
 def test_dense_layers_above_crossover_stay_dense_and_still_match(tiny_models):
     model, state = tiny_models["irregular"]
-    config = CompileConfig("x86", crossover={"irregular": 0.0})
-    compiled = compile_model(model, state.masks, state.schemes, INPUT, config, SchedulesKernels("x86"))
+    config = CompileConfig(HOST, crossover={"irregular": 0.0})
+    compiled = compile_model(model, state.masks, state.schemes, INPUT, config, SchedulesKernels(HOST))
     assert {layer.kernel for layer in compiled.layers} == {"dense"}
     assert all("crossover" in layer.reason for layer in compiled.layers)
     x = np.random.default_rng(1).standard_normal(INPUT).astype(np.float32)
@@ -106,7 +110,7 @@ def test_a_mask_for_no_parameter_is_refused(tiny_models):
     model, state = tiny_models["irregular"]
     masks = {**state.masks, "layer9.conv.weight": torch.ones(3, dtype=torch.bool)}
     with pytest.raises(MaskError, match="'layer9.conv.weight' names no parameter"):
-        compile_model(model, masks, state.schemes, INPUT, CompileConfig("x86"), SchedulesKernels("x86"))
+        compile_model(model, masks, state.schemes, INPUT, CompileConfig("host"), SchedulesKernels(HOST))
 
 
 def test_sparse_kernels_tuned_once_are_reused_from_the_database(tiny_models, tmp_path):
@@ -116,14 +120,14 @@ def test_sparse_kernels_tuned_once_are_reused_from_the_database(tiny_models, tmp
 
     model, state = tiny_models["block"]
     database = TuningDatabase(tmp_path / "db")
-    with open_session("local", "x86") as session:
-        kernels = SchedulesKernels("x86", database, SparseTuning(session, trials=2))
-        first = compile_model(model, state.masks, state.schemes, INPUT, CompileConfig("x86"), kernels, database=database)
+    with open_session("local", HOST) as session:
+        kernels = SchedulesKernels(HOST, database, SparseTuning(session, trials=2))
+        first = compile_model(model, state.masks, state.schemes, INPUT, CompileConfig(HOST), kernels, database=database)
     assert all("tuned" in layer.reason for layer in first.layers)
     assert (tmp_path / "db" / "sparse.json").is_file()
     reopened = TuningDatabase(tmp_path / "db")
-    second = compile_model(model, state.masks, state.schemes, INPUT, CompileConfig("x86"),
-                           SchedulesKernels("x86", reopened), database=reopened)
+    second = compile_model(model, state.masks, state.schemes, INPUT, CompileConfig(HOST),
+                           SchedulesKernels(HOST, reopened), database=reopened)
     assert [layer.reason for layer in second.layers] == [layer.reason for layer in first.layers]
 
 

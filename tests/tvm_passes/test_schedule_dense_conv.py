@@ -31,7 +31,7 @@ CASES = {
 
 
 def _scheduled(mod, threads):
-    after = ScheduleDenseConv("x86", threads=threads)(legalized(mod, LegalizeDenseConv()))
+    after = ScheduleDenseConv("host", threads=threads)(legalized(mod, LegalizeDenseConv()))
     convs = {name: f for name, f in prim_funcs(after).items() if "conv" in name}
     assert convs, "no conv PrimFunc"
     for name, func in convs.items():
@@ -76,7 +76,7 @@ def test_forward_grad_input_and_grad_weight_equal_pytorch(case, threads):
     x_shape, w_shape, stride, padding = CASES[case]
     x, w, g = _arrays(*CASES[case])
     vm = relax.VirtualMachine(tvm.compile(_scheduled(_conv_module(x_shape, w_shape, stride, padding), threads),
-                                          tvm_target("x86")), tvm.cpu())
+                                          tvm_target("host")), tvm.cpu())
     y = vm["forward"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy()
     _, (dx, dw) = vm["main_adjoint"](*(tvm.runtime.tensor(a) for a in (x, w, g)))
     assert_close(y, conv_reference("forward", x, w, None, stride, padding))
