@@ -97,9 +97,9 @@ def read_ranking(path: Path) -> list[int]:
             and isinstance(data.get("ranking"), list)):
         raise ConfigError(f"{path} is not a forgetting ranking (a ranking written by mest.train)")
     ranking = data["ranking"]
-    wrong = next((v for v in ranking if type(v) is not int or v < 0), None)
-    if wrong is not None:
-        raise ConfigError(f"forgetting ranking {path} lists {wrong!r}, which is not an example index")
+    wrong = [v for v in ranking if type(v) is not int or v < 0]  # a list: the wrong value may be null itself
+    if wrong:
+        raise ConfigError(f"forgetting ranking {path} lists {wrong[0]!r}, which is not an example index")
     if len(set(ranking)) != len(ranking):
         raise ConfigError(f"forgetting ranking {path} lists {len(ranking) - len(set(ranking))} examples more than once")
     return ranking

@@ -112,3 +112,10 @@ def test_random_bytes_as_a_ranking_raise_only_config_error(tmp_path_factory, con
         check_ranking(read_ranking(path), 6, path)
     except ConfigError as err:
         assert "\n" not in str(err)
+
+
+def test_a_null_in_a_ranking_is_refused_as_no_example_index(tmp_path):
+    path = tmp_path / "ranking.json"
+    path.write_text(json.dumps({"format": "mest-forgetting-ranking", "ranking": [None, 0, 1, 2, 3, 4]}))
+    with pytest.raises(ConfigError, match="lists None, which is not an example index"):
+        read_ranking(path)
